@@ -1,0 +1,64 @@
+/**
+ * What a transport may ask of the agent, and what the agent asks of a transport. A transport moves
+ * bytes and knows its own wire; it never knows what a command does. The agent never knows which
+ * transport carried a command. No library type appears here.
+ */
+import type { JsonObject, ProgressBody, ResultBody } from "./envelope.js";
+import type { WireFormat } from "./codec.js";
+
+export interface SubmitRequest {
+  /** Command id; redelivering the same id returns the stored result and never runs the command again. */
+  readonly id?: string | undefined;
+  readonly name: string;
+  readonly params: JsonObject;
+  /** Resolve only once the command has finished (IPA's ?wait=true). */
+  readonly wait?: boolean | undefined;
+  readonly timeoutMs?: number | undefined;
+  /** Epoch ms after which the command must not start. */
+  readonly expiresAt?: number | undefined;
+}
+
+/** A command the agent accepted. */
+export interface CommandHandle {
+  readonly id: string;
+  readonly finished: boolean;
+  readonly done: Promise<void>;
+  toJSON(): ResultBody;
+}
+
+export interface EnvelopeReply {
+  readonly bytes: Uint8Array;
+  readonly contentType: string;
+}
+
+/** The agent as a transport sees it. */
+export interface AgentPort {
+  readonly version: string;
+  /** Epoch seconds (float), as IPA's /v1/status reports it. */
+  readonly startedAt: number;
+  /** The token commands must carry, once the agent has one. */
+  token(): string | undefined;
+  readonly standalone: boolean;
+  readonly maxMessageBytes: number;
+  /** Short name of the command holding the hardware lock, if any (IPA answers 409 meanwhile). */
+  busyWith(): string | undefined;
+  submit(req: SubmitRequest): Promise<CommandHandle>;
+  get(id: string): CommandHandle | undefined;
+  list(): CommandHandle[];
+  /**
+   * Decodes, validates and acts on one envelope; answers with the envelope to send back (in the
+   * request's encoding), or undefined when nothing is to be answered. Never throws.
+   */
+  handleEnvelope(bytes: Uint8Array, contentType: string | undefined): Promise<EnvelopeReply | undefined>;
+  onProgress(listener: (progress: ProgressBody) => void): () => void;
+  onFinished(listener: (result: ResultBody) => void): () => void;
+}
+
+export interface Transport {
+  /** "rest", "ws", "mqtt", "nats" */
+  readonly kind: string;
+  /** Envelope encoding this transport sends unprompted (progress, results, heartbeats). */
+  readonly format?: WireFormat;
+  start(agent: AgentPort): Promise<void>;
+  stop(): Promise<void>;
+}

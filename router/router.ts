@@ -1,0 +1,248 @@
+/**
+ * The agent core: resolves `<extension>.<command>`, enforces the one-hardware-command-at-a-time rule,
+ * deadlines, cancellation and idempotency, stores results (bounded), and tells listeners about
+ * progress and finished commands. It never knows which transport carried a command.
+ */
+import { randomUUID } from "node:crypto";
+import type { CommandContext, CommandDefinition, Extension, ProgressUpdate } from "../core/command.js";
+import type { Json, JsonObject, ProgressBody } from "../core/envelope.js";
+import { AgentError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import type { SubmitRequest } from "../core/transport.js";
+import { CommandRecord } from "./record.js";
+
+export { CommandRecord };
+export type { SubmitRequest };
+
+export interface RouterOptions {
+  readonly extensions: readonly Extension[];
+  readonly log: Logger;
+  readonly allowDestructive: boolean;
+  readonly resultHistory: number;
+  readonly idHistory: number;
+  readonly defaultTimeoutMs: number;
+  readonly now?: () => number;
+}
+
+export interface RouterEvents {
+  progress: (record: CommandRecord, progress: ProgressBody) => void;
+  finished: (record: CommandRecord) => void;
+}
+
+interface Resolved {
+  readonly extension: string;
+  readonly command: string;
+  readonly def: CommandDefinition;
+}
+
+/** `repr()` of a flat string map, as IPA prints them in error details. */
+export function pyRepr(value: Readonly<Record<string, string>>): string {
+  return `{${Object.entries(value)
+    .map(([k, v]) => `'${k}': '${v}'`)
+    .join(", ")}}`;
+}
+
+export class Router {
+  private readonly extensions = new Map<string, Extension>();
+  private readonly records = new Map<string, CommandRecord>();
+  /** Ids of every command accepted, newest last, bounded; outlives the records themselves. */
+  private readonly seenIds = new Set<string>();
+  private readonly running = new Map<string, AbortController>();
+  private readonly listeners: { [K in keyof RouterEvents]: Set<RouterEvents[K]> } = { progress: new Set(), finished: new Set() };
+  private holder: CommandRecord | undefined;
+  private closing = false;
+  private readonly now: () => number;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: RouterOptions) {
+    for (const ext of opts.extensions) {
+      if (this.extensions.has(ext.name)) throw new AgentError("PLUGIN_INVALID", `extension ${ext.name} registered twice`);
+      this.extensions.set(ext.name, ext);
+    }
+    this.now = opts.now ?? Date.now;
+    this.log = opts.log.child({ component: "router" });
+  }
+
+  on<K extends keyof RouterEvents>(event: K, listener: RouterEvents[K]): () => void {
+    this.listeners[event].add(listener);
+    return () => this.listeners[event].delete(listener);
+  }
+
+  /** The command holding the hardware lock, if any. */
+  busyWith(): CommandRecord | undefined {
+    return this.holder;
+  }
+
+  get(id: string): CommandRecord | undefined {
+    return this.records.get(id);
+  }
+
+  /** Every stored result, oldest first. */
+  list(): CommandRecord[] {
+    return [...this.records.values()];
+  }
+
+  extensionNames(): string[] {
+    return [...this.extensions.keys()];
+  }
+
+  cancel(id: string, reason = "cancelled on request"): boolean {
+    const ac = this.running.get(id);
+    if (ac === undefined) return false;
+    ac.abort(new AgentError("COMMAND_CANCELLED", reason));
+    return true;
+  }
+
+  private resolve(name: string): Resolved {
+    const dot = name.indexOf(".");
+    if (dot < 0) throw new AgentError("INVALID_COMMAND_NAME", "Command name must be of the form <extension>.<name>");
+    const extension = name.slice(0, dot);
+    const command = name.slice(dot + 1);
+    const ext = this.extensions.get(extension);
+    if (ext === undefined) throw new AgentError("UNKNOWN_EXTENSION", `Extension with id ${extension} not found.`);
+    const def = Object.hasOwn(ext.commands, command) ? ext.commands[command] : undefined;
+    if (def === undefined) throw new AgentError("UNKNOWN_COMMAND", `Unknown command: ${command}`);
+    return { extension, command, def };
+  }
+
+  /**
+   * Accepts a command. Throws AgentError for everything refused before it is recorded (busy, unknown,
+   * invalid, expired, not allowed); after that every outcome is in the record, never thrown.
+   */
+  async submit(req: SubmitRequest): Promise<CommandRecord> {
+    if (this.closing) throw new AgentError("SHUTTING_DOWN", "not accepting commands");
+    if (req.id !== undefined) {
+      const known = this.records.get(req.id);
+      if (known !== undefined) {
+        if (req.wait === true) await known.done;
+        return known;
+      }
+      if (this.seenIds.has(req.id)) {
+        throw new AgentError("DUPLICATE_COMMAND", `command ${req.id} already ran and its result has left the history`);
+      }
+    }
+    // IPA checks busy first: while a hardware command runs, every new command is refused.
+    if (this.holder !== undefined) throw new AgentError("AGENT_BUSY", `executing command ${this.holder.shortName}`);
+    const { extension, command, def } = this.resolve(req.name);
+    if (req.expiresAt !== undefined && req.expiresAt <= this.now()) {
+      throw new AgentError("COMMAND_EXPIRED", `command expired at ${new Date(req.expiresAt).toISOString()}`);
+    }
+    def.validate?.(req.params);
+    if (def.destructive && !this.opts.allowDestructive) {
+      throw new AgentError("DESTRUCTIVE_NOT_ALLOWED", `${req.name} is destructive and allow_destructive is off`);
+    }
+
+    const id = req.id ?? randomUUID();
+    const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, def.exclusive, this.now());
+    this.store(record);
+    if (def.exclusive) this.holder = record;
+
+    const execution = this.execute(record, def, req);
+    if (def.mode === "sync" || req.wait === true) await execution;
+    return record;
+  }
+
+  private store(record: CommandRecord): void {
+    this.records.set(record.id, record);
+    this.seenIds.add(record.id);
+    if (this.seenIds.size > this.opts.idHistory) {
+      const oldest = this.seenIds.values().next();
+      if (oldest.done !== true) this.seenIds.delete(oldest.value);
+    }
+    if (this.records.size > this.opts.resultHistory) {
+      for (const [key, rec] of this.records) {
+        if (rec.finished) {
+          this.records.delete(key);
+          break;
+        }
+      }
+    }
+  }
+
+  private context(record: CommandRecord, signal: AbortSignal, log: Logger): CommandContext {
+    return {
+      id: record.id,
+      name: record.fullName,
+      signal,
+      log,
+      progress: (update: ProgressUpdate) => {
+        if (record.finished) return;
+        const body: ProgressBody = { command_id: record.id, command_name: record.fullName, ...update };
+        record.lastProgress = body;
+        for (const l of this.listeners.progress) this.safely(() => l(record, body));
+      },
+      invoke: async (name: string, params: JsonObject) => {
+        const { def } = this.resolve(name);
+        def.validate?.(params);
+        if (def.destructive && !this.opts.allowDestructive) {
+          throw new AgentError("DESTRUCTIVE_NOT_ALLOWED", `${name} is destructive and allow_destructive is off`);
+        }
+        signal.throwIfAborted();
+        const inner = this.context(record, signal, log.child({ invoked: name }));
+        return toJson(await def.execute(params, { ...inner, name }), def.mode, name.slice(name.indexOf(".") + 1));
+      },
+    };
+  }
+
+  private async execute(record: CommandRecord, def: CommandDefinition, req: SubmitRequest): Promise<void> {
+    const log = this.log.child({ command: record.fullName, commandId: record.id });
+    const ac = new AbortController();
+    this.running.set(record.id, ac);
+    const timeoutMs = req.timeoutMs ?? def.timeoutMs ?? this.opts.defaultTimeoutMs;
+    const timer = setTimeout(() => ac.abort(new AgentError("COMMAND_TIMEOUT", `${record.fullName} ran longer than ${timeoutMs} ms`)), timeoutMs);
+    const aborted = new Promise<never>((_, reject) => {
+      ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
+    });
+    const handler = (async () => def.execute(req.params, this.context(record, ac.signal, log)))();
+    log.debug("command started");
+    try {
+      const value = await Promise.race([handler, aborted]);
+      record.finish("SUCCEEDED", toJson(value, def.mode, record.shortName), null, this.now());
+      log.info({ status: record.status, ms: this.now() - record.createdAt }, "command finished");
+    } catch (err) {
+      const error = AgentError.from(err, "COMMAND_FAILED");
+      const status = error.code === "VERSION_MISMATCH" ? "CLEAN_VERSION_MISMATCH" : "FAILED";
+      record.finish(status, null, error.toCommandError(), this.now());
+      log.warn({ status, code: error.code, err: error.cause ?? error }, "command failed");
+    } finally {
+      clearTimeout(timer);
+      this.running.delete(record.id);
+    }
+    // The hardware lock outlives a deadline: it is released only once the handler has really stopped.
+    if (this.holder === record) {
+      await handler.then(
+        () => undefined,
+        () => undefined,
+      );
+      if (this.holder === record) this.holder = undefined;
+    }
+    for (const l of this.listeners.finished) this.safely(() => l(record));
+  }
+
+  private safely(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err }, "router listener threw");
+    }
+  }
+
+  /** Stops accepting commands, aborts the running ones and waits for them to settle. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const pending = [...this.running.keys()].map((id) => this.records.get(id)?.done);
+    for (const ac of this.running.values()) ac.abort(new AgentError("SHUTTING_DOWN", "agent is stopping"));
+    await Promise.all(pending);
+  }
+}
+
+/** IPA's result conventions: undefined is null, strings are wrapped, anything else must be JSON. */
+export function toJson(value: unknown, mode: "sync" | "async", shortName: string): Json {
+  if (value === undefined || value === null) return null;
+  if (typeof value === "string") return { result: mode === "async" ? `${shortName}: ${value}` : value };
+  try {
+    return JSON.parse(JSON.stringify(value)) as Json;
+  } catch (err) {
+    throw new AgentError("COMMAND_FAILED", `result is not JSON-serialisable: ${(err as Error).message}`, { cause: err });
+  }
+}

@@ -1,0 +1,293 @@
+/**
+ * The REST transport: IPA's v1 API, route for route and fault for fault, so an unmodified Ironic can
+ * drive the agent; plus POST /ironbus/v1/envelope, where the same commands arrive as JSON or protobuf
+ * envelopes like on every other transport.
+ */
+import { timingSafeEqual } from "node:crypto";
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { JsonObject } from "../../core/envelope.js";
+import { AgentError, type FaultJson } from "../../core/errors.js";
+import type { Logger } from "../../core/log.js";
+import type { AgentPort, Transport } from "../../core/transport.js";
+
+export interface RestTlsOptions {
+  readonly cert: string;
+  readonly key: string;
+  readonly minVersion?: "TLSv1.2" | "TLSv1.3";
+}
+
+export interface RestOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly log: Logger;
+  readonly tls?: RestTlsOptions | undefined;
+  /** Require the token on GET /v1/commands even before any GET has carried one (IPA ≥ 12 behaviour). */
+  readonly requireTokenOnGet?: boolean;
+}
+
+const DOCS_URL = "https://docs.openstack.org/ironic-python-agent/";
+const ENVELOPE_PATH = "/ironbus/v1/envelope";
+
+const NOT_FOUND =
+  "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.";
+const NOT_ALLOWED = "The method is not allowed for the requested URL.";
+
+class HttpFault extends Error {
+  constructor(
+    readonly status: number,
+    readonly fault: FaultJson,
+  ) {
+    super(fault.faultstring);
+  }
+}
+
+function fault(status: number, faultstring: string): HttpFault {
+  return new HttpFault(status, { faultcode: status >= 500 ? "Server" : "Client", faultstring });
+}
+
+function tokenMatches(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function isJsonObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+export class RestTransport implements Transport {
+  readonly kind = "rest";
+  private server: Server | undefined;
+  private agent: AgentPort | undefined;
+  /** Once a GET has carried a valid token, GETs without one are refused (old Ironic never sends one). */
+  private getTokenSeen = false;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: RestOptions) {
+    this.log = opts.log.child({ transport: "rest" });
+  }
+
+  /** Where the server listens; valid after start(). */
+  address(): AddressInfo {
+    const addr = this.server?.address();
+    if (addr === null || addr === undefined || typeof addr === "string") throw new AgentError("INTERNAL", "REST transport is not listening");
+    return addr;
+  }
+
+  get scheme(): "http" | "https" {
+    return this.opts.tls === undefined ? "http" : "https";
+  }
+
+  async start(agent: AgentPort): Promise<void> {
+    this.agent = agent;
+    const handler = (req: IncomingMessage, res: ServerResponse): void => {
+      this.handle(req, res, agent).catch((err: unknown) => {
+        this.log.error({ err }, "unhandled error in request handler");
+        if (!res.headersSent) this.sendJson(res, 500, { faultcode: "Server", faultstring: "500 Internal Server Error" });
+        else res.destroy();
+      });
+    };
+    const tls = this.opts.tls;
+    const server =
+      tls === undefined ? createHttpServer(handler) : createHttpsServer({ cert: tls.cert, key: tls.key, minVersion: tls.minVersion ?? "TLSv1.2" }, handler);
+    server.on("clientError", (err, socket) => {
+      this.log.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, "malformed HTTP request");
+      if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      else socket.destroy();
+    });
+    server.keepAliveTimeout = 65_000;
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.opts.port, this.opts.host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    server.on("error", (err) => this.log.error({ err }, "REST server error"));
+    const { address, port } = this.address();
+    this.log.info({ address, port, scheme: this.scheme }, "REST API listening");
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server === undefined) return;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      setTimeout(() => server.closeAllConnections(), 2000).unref();
+    });
+  }
+
+  private sendJson(res: ServerResponse, status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...extraHeaders });
+    res.end(text);
+  }
+
+  private redirect(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
+    const location = `${this.baseUrl(req)}${path}${query}`;
+    const html =
+      `<!doctype html>\n<html lang=en>\n<title>Redirecting...</title>\n<h1>Redirecting...</h1>\n` +
+      `<p>You should be redirected automatically to the target URL: <a href="${location}">${location}</a>. If not, click the link.\n`;
+    res.writeHead(308, { "Content-Type": "text/html; charset=utf-8", "Content-Length": Buffer.byteLength(html), Location: location });
+    res.end(html);
+  }
+
+  private baseUrl(req: IncomingMessage): string {
+    const host = req.headers.host ?? `${this.opts.host}:${this.opts.port}`;
+    return `${this.scheme}://${host}`;
+  }
+
+  private async readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+    const declared = Number(req.headers["content-length"] ?? "0");
+    if (declared > limit) throw fault(413, `413 Request Entity Too Large: body of ${declared} bytes exceeds the limit of ${limit}`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      const buf = chunk as Buffer;
+      size += buf.length;
+      if (size > limit) throw fault(413, `413 Request Entity Too Large: body exceeds the limit of ${limit} bytes`);
+      chunks.push(buf);
+    }
+    return Buffer.concat(chunks);
+  }
+
+  private checkToken(agent: AgentPort, query: URLSearchParams, method: string): void {
+    const expected = agent.token();
+    const given = query.get("agent_token");
+    if (expected === undefined) {
+      if (agent.standalone) return;
+      throw fault(401, "401 Unauthorized: Token invalid.");
+    }
+    if (given === null || given === "") {
+      if (method === "GET" && !this.getTokenSeen && this.opts.requireTokenOnGet !== true) return;
+      throw fault(401, "401 Unauthorized: Token invalid.");
+    }
+    if (!tokenMatches(given, expected)) throw fault(401, "401 Unauthorized: Token invalid.");
+    if (method === "GET") this.getTokenSeen = true;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse, agent: AgentPort): Promise<void> {
+    const method = req.method ?? "GET";
+    const url = new URL(req.url ?? "/", "http://placeholder");
+    const query = url.search;
+    let path = url.pathname;
+    try {
+      if (path === "/") return this.onlyGet(method, () => this.sendJson(res, 200, this.root(req)));
+      if (path === "/v1") return this.redirect(req, res, "/v1/", query);
+      if (path === "/v1/") return this.onlyGet(method, () => this.sendJson(res, 200, this.v1(req)));
+      if (path === ENVELOPE_PATH) return await this.onEnvelope(req, res, agent, method, url.searchParams);
+      if (path.startsWith("/v1/")) path = path.slice(3);
+      if (path === "/status") {
+        return this.onlyGet(method, () => this.sendJson(res, 200, { started_at: agent.startedAt, version: agent.version }));
+      }
+      if (path === "/commands") return this.redirect(req, res, `${url.pathname}/`, query);
+      if (path === "/commands/") {
+        if (method === "GET") {
+          this.checkToken(agent, url.searchParams, method);
+          return this.sendJson(res, 200, { commands: agent.list().map((h) => h.toJSON()) });
+        }
+        if (method === "POST") return await this.onPost(req, res, agent, url.searchParams);
+        throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
+      }
+      if (path.startsWith("/commands/") && path.indexOf("/", "/commands/".length) < 0) {
+        if (method !== "GET") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
+        this.checkToken(agent, url.searchParams, method);
+        const id = decodeURIComponent(path.slice("/commands/".length));
+        const handle = agent.get(id);
+        if (handle === undefined) throw fault(404, `Not found: Command Result with id ${id} not found.`);
+        if (url.searchParams.get("wait")?.toLowerCase() === "true") await handle.done;
+        return this.sendJson(res, 200, handle.toJSON());
+      }
+      throw fault(404, `404 Not Found: ${NOT_FOUND}`);
+    } catch (err) {
+      const f = err instanceof HttpFault ? err : err instanceof AgentError ? new HttpFault(err.status, err.toFault()) : undefined;
+      if (f === undefined) throw err;
+      this.log.info({ method, path: url.pathname, status: f.status, fault: f.fault.faultstring }, "request refused");
+      // A refused body may still be arriving; do not keep the connection for it.
+      const close = f.status === 413 ? { Connection: "close" } : {};
+      this.sendJson(res, f.status, f.fault, close);
+    }
+  }
+
+  private onlyGet(method: string, answer: () => void): void {
+    if (method !== "GET" && method !== "HEAD") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
+    answer();
+  }
+
+  private async onPost(req: IncomingMessage, res: ServerResponse, agent: AgentPort, query: URLSearchParams): Promise<void> {
+    this.checkToken(agent, query, "POST");
+    // IPA answers 409 before looking at the body at all.
+    const busy = agent.busyWith();
+    if (busy !== undefined) {
+      req.resume();
+      throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
+    }
+    const raw = await this.readBody(req, agent.maxMessageBytes);
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString("utf8"));
+    } catch (err) {
+      throw fault(400, `400 Bad Request: Failed to decode JSON object: ${(err as Error).message}`);
+    }
+    if (!isJsonObject(body) || typeof body["name"] !== "string" || !isJsonObject(body["params"])) {
+      throw fault(400, "400 Bad Request: Missing or invalid name or params");
+    }
+    const id = typeof body["id"] === "string" && body["id"] !== "" ? body["id"] : undefined;
+    const handle = await agent.submit({ id, name: body["name"], params: body["params"], wait: query.get("wait")?.toLowerCase() === "true" });
+    this.sendJson(res, 200, handle.toJSON());
+  }
+
+  private async onEnvelope(req: IncomingMessage, res: ServerResponse, agent: AgentPort, method: string, query: URLSearchParams): Promise<void> {
+    if (method !== "POST") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
+    const header = req.headers["x-ironbus-token"];
+    if (typeof header === "string" && !query.has("agent_token")) query.set("agent_token", header);
+    this.checkToken(agent, query, "POST");
+    const raw = await this.readBody(req, agent.maxMessageBytes);
+    const reply = await agent.handleEnvelope(raw, req.headers["content-type"]);
+    if (reply === undefined) {
+      res.writeHead(204).end();
+      return;
+    }
+    res.writeHead(200, { "Content-Type": reply.contentType, "Content-Length": reply.bytes.byteLength });
+    res.end(reply.bytes);
+  }
+
+  private links(req: IncomingMessage): { href: string; rel: string; type?: string }[] {
+    return [
+      { href: `${this.baseUrl(req)}/v1`, rel: "self" },
+      { href: DOCS_URL, rel: "describedby", type: "text/html" },
+    ];
+  }
+
+  private root(req: IncomingMessage): JsonObject {
+    const v1 = { id: "v1", links: this.links(req) };
+    return {
+      name: "OpenStack Ironic Python Agent API",
+      description: "Ironic Python Agent is a provisioning agent for OpenStack Ironic",
+      versions: [v1],
+      default_version: v1,
+    };
+  }
+
+  private v1(req: IncomingMessage): JsonObject {
+    const base = this.baseUrl(req);
+    return {
+      commands: [
+        { href: `${base}/v1/commands`, rel: "self" },
+        { href: `${base}/commands`, rel: "bookmark" },
+      ],
+      status: [
+        { href: `${base}/v1/status`, rel: "self" },
+        { href: `${base}/status`, rel: "bookmark" },
+      ],
+      media_types: [{ base: "application/json", type: "application/vnd.openstack.ironic-python-agent.v1+json" }],
+      id: "v1",
+      links: this.links(req),
+    };
+  }
+}

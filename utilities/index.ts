@@ -1,0 +1,45 @@
+/** Builds the command extensions the agent serves, from its managers and configuration. */
+import { defineExtension, type Extension } from "../core/command.js";
+import type { AgentConfig } from "../core/config.js";
+import type { Logger } from "../core/log.js";
+import { type CommandRunner, execRunner } from "./exec.js";
+import { type AgentState, logExtension, newAgentState, pollExtension, standbyReadOnly } from "./extensions/basic.js";
+import { flowExtension } from "./extensions/flow.js";
+import { stepExtension } from "./extensions/steps.js";
+import { genericHardwareManager } from "./generic.js";
+import { type HardwareManager, loadVendorManagers, ManagerRegistry } from "./managers.js";
+
+export interface UtilitiesOptions {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly run?: CommandRunner;
+  /** Extra managers (tests, embedders); vendor packages from the config are loaded too. */
+  readonly managers?: readonly HardwareManager[];
+}
+
+export interface Utilities {
+  readonly extensions: Extension[];
+  readonly registry: ManagerRegistry;
+  readonly state: AgentState;
+}
+
+export async function createUtilities(opts: UtilitiesOptions): Promise<Utilities> {
+  const run = opts.run ?? execRunner;
+  const managers = [
+    genericHardwareManager({ run, bootInterface: opts.config.bootInterface }),
+    ...(await loadVendorManagers(opts.config.vendorManagers, opts.log)),
+    ...(opts.managers ?? []),
+  ];
+  const registry = await ManagerRegistry.create(managers, { log: opts.log, allowDestructive: opts.config.allowDestructive });
+  const state = newAgentState();
+  const extensions = [
+    stepExtension("clean", registry),
+    stepExtension("deploy", registry),
+    stepExtension("service", registry),
+    pollExtension(registry, state, opts.config.standalone),
+    logExtension(run),
+    defineExtension("standby", standbyReadOnly(run, state)),
+    flowExtension(),
+  ];
+  return { extensions, registry, state };
+}
