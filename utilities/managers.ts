@@ -3,6 +3,8 @@
  * machine, the best one that implements a method handles it (or every one, for dispatchAll), and
  * clean / deploy / service steps are collected from all of them.
  */
+import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
 import { z } from "zod";
 import type { CommandContext } from "../core/command.js";
 import type { Json, JsonObject } from "../core/envelope.js";
@@ -185,13 +187,18 @@ export class ManagerRegistry {
   }
 }
 
-/** Loads hardware managers from npm packages (IPA's entry points): each exports `hardwareManagers`. */
-export async function loadVendorManagers(packages: readonly string[], log: Logger): Promise<HardwareManager[]> {
+/**
+ * Loads hardware managers from npm packages (IPA's entry points): each exports `hardwareManagers`.
+ * Names resolve as Node resolves them from `from` (default: the agent's own install), so a vendor
+ * package installed next to the agent is found.
+ */
+export async function loadVendorManagers(packages: readonly string[], log: Logger, from: string = import.meta.url): Promise<HardwareManager[]> {
   const out: HardwareManager[] = [];
+  const resolver = createRequire(from);
   for (const pkg of packages) {
     let mod: unknown;
     try {
-      mod = await import(pkg);
+      mod = await import(pathToFileURL(resolver.resolve(pkg)).href);
     } catch (err) {
       throw new AgentError("PLUGIN_INVALID", `cannot load hardware manager package ${pkg}: ${(err as Error).message}`, { cause: err });
     }
