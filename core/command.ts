@@ -37,6 +37,8 @@ export interface CommandSpec<P> {
   readonly destructive?: boolean;
   /** Default deadline in ms. */
   readonly timeoutMs?: number;
+  /** May run while a hardware command holds the lock (e.g. cancelling it); never takes the lock. */
+  readonly whileBusy?: boolean;
   readonly run: (params: P, ctx: CommandContext) => Promise<unknown> | unknown;
 }
 
@@ -46,6 +48,7 @@ export interface CommandDefinition {
   readonly exclusive: boolean;
   readonly destructive: boolean;
   readonly timeoutMs: number | undefined;
+  readonly whileBusy: boolean;
   readonly validate: ((params: JsonObject) => void) | undefined;
   execute(params: JsonObject, ctx: CommandContext): Promise<unknown>;
 }
@@ -68,7 +71,8 @@ function describeIssues(error: z.ZodError): string {
 export function defineCommand<P>(spec: CommandSpec<P>): CommandDefinition {
   return {
     mode: spec.mode,
-    exclusive: spec.exclusive ?? (spec.mode === "async" || spec.destructive === true),
+    exclusive: spec.whileBusy === true ? false : (spec.exclusive ?? (spec.mode === "async" || spec.destructive === true)),
+    whileBusy: spec.whileBusy ?? false,
     destructive: spec.destructive ?? false,
     timeoutMs: spec.timeoutMs,
     validate: spec.validate,

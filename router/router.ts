@@ -9,6 +9,7 @@ import type { Json, JsonObject, ProgressBody } from "../core/envelope.js";
 import { AgentError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { SubmitRequest } from "../core/transport.js";
+import { controlExtension } from "./control.js";
 import { CommandRecord } from "./record.js";
 
 export { CommandRecord };
@@ -55,7 +56,7 @@ export class Router {
   private readonly log: Logger;
 
   constructor(private readonly opts: RouterOptions) {
-    for (const ext of opts.extensions) {
+    for (const ext of [controlExtension(this), ...opts.extensions]) {
       if (this.extensions.has(ext.name)) throw new AgentError("PLUGIN_INVALID", `extension ${ext.name} registered twice`);
       this.extensions.set(ext.name, ext);
     }
@@ -93,6 +94,14 @@ export class Router {
     return true;
   }
 
+  private tryResolve(name: string): Resolved | undefined {
+    try {
+      return this.resolve(name);
+    } catch {
+      return undefined;
+    }
+  }
+
   private resolve(name: string): Resolved {
     const dot = name.indexOf(".");
     if (dot < 0) throw new AgentError("INVALID_COMMAND_NAME", "Command name must be of the form <extension>.<name>");
@@ -121,8 +130,11 @@ export class Router {
         throw new AgentError("DUPLICATE_COMMAND", `command ${req.id} already ran and its result has left the history`);
       }
     }
-    // IPA checks busy first: while a hardware command runs, every new command is refused.
-    if (this.holder !== undefined) throw new AgentError("AGENT_BUSY", `executing command ${this.holder.shortName}`);
+    // IPA checks busy first: while a hardware command runs, every new command is refused, valid or
+    // not; only commands made to run meanwhile (cancelling the running one) get through.
+    if (this.holder !== undefined && this.tryResolve(req.name)?.def.whileBusy !== true) {
+      throw new AgentError("AGENT_BUSY", `executing command ${this.holder.shortName}`);
+    }
     const { extension, command, def } = this.resolve(req.name);
     if (req.expiresAt !== undefined && req.expiresAt <= this.now()) {
       throw new AgentError("COMMAND_EXPIRED", `command expired at ${new Date(req.expiresAt).toISOString()}`);

@@ -237,6 +237,22 @@ describe("router", () => {
     assert.equal(router.cancel("unknown"), false);
   });
 
+  it("cancels the running hardware command with agent.cancel_command, which gets through while busy", async () => {
+    const { router } = makeRouter();
+    const rec = await router.submit({ name: "t.polite", params: {} });
+    await assert.rejects(router.submit({ name: "t.echo", params: { value: "x" } }), refused("AGENT_BUSY"));
+    const seen = await router.submit({ name: "agent.get_command", params: { command_id: rec.id } });
+    assert.equal((seen.result as { command_status: string }).command_status, "RUNNING");
+    const cancel = await router.submit({ name: "agent.cancel_command", params: { command_id: rec.id } });
+    assert.deepEqual(cancel.result, { cancelled: true });
+    await rec.done;
+    assert.equal(rec.error?.type, "CommandCancelled");
+    const again = await router.submit({ name: "agent.cancel_command", params: { command_id: rec.id } });
+    assert.deepEqual(again.result, { cancelled: false }, "a finished command cannot be cancelled");
+    const unknown = await router.submit({ name: "agent.cancel_command", params: { command_id: "nope" } });
+    assert.equal(unknown.error?.type, "RequestedObjectNotFoundError");
+  });
+
   it("refuses destructive commands unless the configuration allows them", async () => {
     const { router } = makeRouter();
     await assert.rejects(router.submit({ name: "t.wipe", params: {} }), refused("DESTRUCTIVE_NOT_ALLOWED"));

@@ -221,19 +221,20 @@ export class RestTransport implements Transport {
 
   private async onPost(req: IncomingMessage, res: ServerResponse, agent: AgentPort, query: URLSearchParams): Promise<void> {
     this.checkToken(agent, query, "POST");
-    // IPA answers 409 before looking at the body at all.
-    const busy = agent.busyWith();
-    if (busy !== undefined) {
-      req.resume();
-      throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
-    }
     const raw = await this.readBody(req, agent.maxMessageBytes);
     let body: unknown;
+    let parseError: string | undefined;
     try {
       body = JSON.parse(raw.toString("utf8"));
     } catch (err) {
-      throw fault(400, `400 Bad Request: Failed to decode JSON object: ${(err as Error).message}`);
+      parseError = (err as Error).message;
     }
+    const valid = isJsonObject(body) && typeof body["name"] === "string" && isJsonObject(body["params"]);
+    // IPA answers 409 to every POST while busy, whatever its body; the router lets through only the
+    // commands made to run meanwhile (agent.cancel_command).
+    const busy = agent.busyWith();
+    if (busy !== undefined && !valid) throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
+    if (parseError !== undefined) throw fault(400, `400 Bad Request: Failed to decode JSON object: ${parseError}`);
     if (!isJsonObject(body) || typeof body["name"] !== "string" || !isJsonObject(body["params"])) {
       throw fault(400, "400 Bad Request: Missing or invalid name or params");
     }
