@@ -17,7 +17,7 @@ export const ConfigSchema = z
     advertisePort: z.number().int().min(1).max(65535).optional().describe("Port put in the callback URL (ipa-advertise-port); defaults to the listen port."),
     advertiseProtocol: z.enum(["http", "https"]).optional().describe("Scheme of the callback URL (ipa-advertise-protocol); https when TLS is on."),
     agentToken: z.string().min(1).optional().describe("The token every commands request must carry as ?agent_token= (ipa-agent-token)."),
-    requireTokenOnGet: z.boolean().default(false).describe("Require the token on GET /v1/commands from the start; by default GETs need it once any GET has carried one (Ironic before 2023 never sends it on GET)."),
+    requireTokenOnGet: z.boolean().default(false).describe("Require the token on GET /v1/commands too; by default a GET may omit it (Ironic before 2023, Debian's 21.x included, never sends it on GET), and a GET with a wrong token is refused."),
     apiUrls: z.array(z.string().url()).default([]).describe("Ironic API URLs (ipa-api-url, comma separated)."),
     tlsCertFile: z.string().optional().describe("PEM certificate for the REST API (static TLS)."),
     tlsKeyFile: z.string().optional().describe("PEM private key for the REST API (static TLS)."),

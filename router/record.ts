@@ -20,6 +20,8 @@ export class CommandRecord {
     readonly mode: CommandMode,
     readonly exclusive: boolean,
     readonly createdAt: number,
+    /** Shown in list() (GET /v1/commands); control commands are not. */
+    readonly listed: boolean = true,
   ) {
     this.done = new Promise((resolve) => {
       this.resolveDone = resolve;

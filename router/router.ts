@@ -78,9 +78,14 @@ export class Router {
     return this.records.get(id);
   }
 
-  /** Every stored result, oldest first. */
+  /**
+   * Every stored result, oldest first, without the control commands (agent.*): Ironic reads the last
+   * listed command as the state of its step, so a status query must never become "the last command".
+   */
   list(): CommandRecord[] {
-    return [...this.records.values()];
+    const out: CommandRecord[] = [];
+    for (const rec of this.records.values()) if (rec.listed) out.push(rec);
+    return out;
   }
 
   extensionNames(): string[] {
@@ -145,7 +150,7 @@ export class Router {
     }
 
     const id = req.id ?? randomUUID();
-    const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, def.exclusive, this.now());
+    const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, def.exclusive, this.now(), !def.whileBusy);
     this.store(record);
     if (def.exclusive) this.holder = record;
 

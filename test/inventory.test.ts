@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, open, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
+import { requireSamples } from "./helpers/samples.js";
 
 import type { CommandResult, CommandRunner, RunOptions } from "../utilities/exec.js";
 import { CommandError, execRunner, hasTool, whichTool } from "../utilities/exec.js";
@@ -52,48 +53,9 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 }
 
 /** The inventory the ancestor agent (IPA 9.4.3) returned on this machine kind. */
-const SAMPLE_PATH = "/work/shared/reference/ipa-samples/inventory.json";
-const EMBEDDED_SAMPLE: Record<string, unknown> = {
-  interfaces: [
-    {
-      name: "eth0",
-      mac_address: "02:fc:00:00:00:01",
-      ipv4_address: "192.0.2.2",
-      ipv6_address: "fd00::2",
-      has_carrier: true,
-      lldp: null,
-      vendor: "0x1af4",
-      product: "0x0001",
-      client_id: null,
-      biosdevname: null,
-    },
-  ],
-  cpu: { model_name: "AMD EPYC", frequency: null, count: 2, architecture: "x86_64", flags: ["fpu", "vme"] },
-  disks: [
-    {
-      name: "/dev/vda",
-      model: null,
-      size: 274877906944,
-      rotational: true,
-      wwn: null,
-      serial: null,
-      vendor: "0x1af4",
-      wwn_with_extension: null,
-      wwn_vendor_extension: null,
-      hctl: null,
-      by_path: null,
-    },
-  ],
-  memory: { total: 25276502016, physical_mb: 24576 },
-  bmc_address: "0.0.0.0",
-  bmc_v6address: "::/0",
-  system_vendor: { product_name: "", serial_number: "", manufacturer: "" },
-  boot: { current_boot_mode: "bios", pxe_interface: null },
-  hostname: "vm",
-};
+const SAMPLE_PATH = path.join(requireSamples(), "inventory.json");
 
 function loadSample(): Record<string, unknown> {
-  if (!existsSync(SAMPLE_PATH)) return EMBEDDED_SAMPLE;
   const parsed: unknown = JSON.parse(readFileSync(SAMPLE_PATH, "utf8"));
   assert.ok(isRecord(parsed));
   return parsed;

@@ -251,6 +251,9 @@ describe("router", () => {
     assert.deepEqual(again.result, { cancelled: false }, "a finished command cannot be cancelled");
     const unknown = await router.submit({ name: "agent.cancel_command", params: { command_id: "nope" } });
     assert.equal(unknown.error?.type, "RequestedObjectNotFoundError");
+    // Ironic reads the last listed command as its step's state: control commands are never listed.
+    assert.deepEqual(router.list().map((r) => r.shortName), ["polite"]);
+    assert.equal(router.get(cancel.id), cancel, "but they can be fetched by id");
   });
 
   it("refuses destructive commands unless the configuration allows them", async () => {

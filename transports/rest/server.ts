@@ -23,12 +23,14 @@ export interface RestOptions {
   readonly port: number;
   readonly log: Logger;
   readonly tls?: RestTlsOptions | undefined;
-  /** Require the token on GET /v1/commands even before any GET has carried one (IPA ≥ 12 behaviour). */
+  /** Require the token on GET /v1/commands too (IPA ≥ 12 behaviour); otherwise a GET may omit it. */
   readonly requireTokenOnGet?: boolean;
 }
 
 const DOCS_URL = "https://docs.openstack.org/ironic-python-agent/";
 const ENVELOPE_PATH = "/ironbus/v1/envelope";
+/** How much of a POST body is read while busy, to find a command allowed to run meanwhile. */
+const BUSY_PEEK_BYTES = 64 * 1024;
 
 const NOT_FOUND =
   "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.";
@@ -53,6 +55,14 @@ function tokenMatches(given: string, expected: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+function safeDecode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 function isJsonObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
@@ -61,8 +71,6 @@ export class RestTransport implements Transport {
   readonly kind = "rest";
   private server: Server | undefined;
   private agent: AgentPort | undefined;
-  /** Once a GET has carried a valid token, GETs without one are refused (old Ironic never sends one). */
-  private getTokenSeen = false;
   private readonly log: Logger;
 
   constructor(private readonly opts: RestOptions) {
@@ -84,6 +92,10 @@ export class RestTransport implements Transport {
     this.agent = agent;
     const handler = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res, agent).catch((err: unknown) => {
+        if (req.destroyed || res.destroyed || (err as NodeJS.ErrnoException).code === "ECONNRESET") {
+          this.log.debug({ err: { message: (err as Error).message } }, "client went away mid-request");
+          return;
+        }
         this.log.error({ err }, "unhandled error in request handler");
         if (!res.headersSent) this.sendJson(res, 500, { faultcode: "Server", faultstring: "500 Internal Server Error" });
         else res.destroy();
@@ -93,9 +105,19 @@ export class RestTransport implements Transport {
     const server =
       tls === undefined ? createHttpServer(handler) : createHttpsServer({ cert: tls.cert, key: tls.key, minVersion: tls.minVersion ?? "TLSv1.2" }, handler);
     server.on("clientError", (err, socket) => {
-      this.log.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, "malformed HTTP request");
-      if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-      else socket.destroy();
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ECONNRESET" || code === "HPE_INVALID_EOF_STATE") {
+        this.log.debug({ code }, "client closed the connection mid-request");
+        socket.destroy();
+        return;
+      }
+      this.log.warn({ err: { message: err.message, code } }, "malformed HTTP request");
+      if (!socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const body = JSON.stringify({ faultcode: "Client", faultstring: "400 Bad Request: The request could not be parsed." });
+      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
     });
     server.keepAliveTimeout = 65_000;
     this.server = server;
@@ -164,19 +186,24 @@ export class RestTransport implements Transport {
       throw fault(401, "401 Unauthorized: Token invalid.");
     }
     if (given === null || given === "") {
-      if (method === "GET" && !this.getTokenSeen && this.opts.requireTokenOnGet !== true) return;
+      // Ironic before the 2023 releases (Debian's 21.x) never sends the token on GET.
+      if (method === "GET" && this.opts.requireTokenOnGet !== true) return;
       throw fault(401, "401 Unauthorized: Token invalid.");
     }
     if (!tokenMatches(given, expected)) throw fault(401, "401 Unauthorized: Token invalid.");
-    if (method === "GET") this.getTokenSeen = true;
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse, agent: AgentPort): Promise<void> {
     const method = req.method ?? "GET";
-    const url = new URL(req.url ?? "/", "http://placeholder");
-    const query = url.search;
-    let path = url.pathname;
+    let url = new URL("http://placeholder/");
     try {
+      try {
+        url = new URL(req.url ?? "/", "http://placeholder");
+      } catch {
+        throw fault(400, "400 Bad Request: The request URL could not be parsed.");
+      }
+      const query = url.search;
+      let path = url.pathname;
       if (path === "/") return this.onlyGet(method, () => this.sendJson(res, 200, this.root(req)));
       if (path === "/v1") return this.redirect(req, res, "/v1/", query);
       if (path === "/v1/") return this.onlyGet(method, () => this.sendJson(res, 200, this.v1(req)));
@@ -197,7 +224,7 @@ export class RestTransport implements Transport {
       if (path.startsWith("/commands/") && path.indexOf("/", "/commands/".length) < 0) {
         if (method !== "GET") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
         this.checkToken(agent, url.searchParams, method);
-        const id = decodeURIComponent(path.slice("/commands/".length));
+        const id = safeDecode(path.slice("/commands/".length));
         const handle = agent.get(id);
         if (handle === undefined) throw fault(404, `Not found: Command Result with id ${id} not found.`);
         if (url.searchParams.get("wait")?.toLowerCase() === "true") await handle.done;
@@ -221,7 +248,16 @@ export class RestTransport implements Transport {
 
   private async onPost(req: IncomingMessage, res: ServerResponse, agent: AgentPort, query: URLSearchParams): Promise<void> {
     this.checkToken(agent, query, "POST");
-    const raw = await this.readBody(req, agent.maxMessageBytes);
+    // IPA answers 409 to every POST while busy, whatever its body. Only a small, valid command body is
+    // read then, so the router can let through the commands made to run meanwhile (agent.cancel_command).
+    const busy = agent.busyWith();
+    let raw: Buffer;
+    try {
+      raw = await this.readBody(req, busy === undefined ? agent.maxMessageBytes : BUSY_PEEK_BYTES);
+    } catch (err) {
+      if (busy !== undefined && err instanceof HttpFault && err.status === 413) throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
+      throw err;
+    }
     let body: unknown;
     let parseError: string | undefined;
     try {
@@ -230,9 +266,6 @@ export class RestTransport implements Transport {
       parseError = (err as Error).message;
     }
     const valid = isJsonObject(body) && typeof body["name"] === "string" && isJsonObject(body["params"]);
-    // IPA answers 409 to every POST while busy, whatever its body; the router lets through only the
-    // commands made to run meanwhile (agent.cancel_command).
-    const busy = agent.busyWith();
     if (busy !== undefined && !valid) throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
     if (parseError !== undefined) throw fault(400, `400 Bad Request: Failed to decode JSON object: ${parseError}`);
     if (!isJsonObject(body) || typeof body["name"] !== "string" || !isJsonObject(body["params"])) {
@@ -248,7 +281,18 @@ export class RestTransport implements Transport {
     const header = req.headers["x-ironbus-token"];
     if (typeof header === "string" && !query.has("agent_token")) query.set("agent_token", header);
     this.checkToken(agent, query, "POST");
-    const raw = await this.readBody(req, agent.maxMessageBytes);
+    let raw: Buffer;
+    try {
+      raw = await this.readBody(req, agent.maxMessageBytes);
+    } catch (err) {
+      if (!(err instanceof HttpFault && err.status === 413)) throw err;
+      // The envelope path answers in envelopes: let the codec refuse it by size, in the caller's encoding.
+      const reply = await agent.handleEnvelope(new Uint8Array(agent.maxMessageBytes + 1), req.headers["content-type"]);
+      if (reply === undefined) throw err;
+      res.writeHead(200, { "Content-Type": reply.contentType, "Content-Length": reply.bytes.byteLength, Connection: "close" });
+      res.end(reply.bytes);
+      return;
+    }
     const reply = await agent.handleEnvelope(raw, req.headers["content-type"]);
     if (reply === undefined) {
       res.writeHead(204).end();
