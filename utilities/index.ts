@@ -8,6 +8,11 @@ import { flowExtension } from "./extensions/flow.js";
 import { stepExtension } from "./extensions/steps.js";
 import { genericHardwareManager } from "./generic.js";
 import { type HardwareManager, loadVendorManagers, ManagerRegistry } from "./managers.js";
+import { DeviceGuard } from "./disk/guard.js";
+import { mergeParts, type UtilityDeps, type UtilityPart } from "./part.js";
+
+/** The utility areas, each filling in its own part of the generic manager and of standby. */
+const UTILITY_PARTS: ReadonlyArray<(deps: UtilityDeps) => UtilityPart> = [];
 
 export interface UtilitiesOptions {
   readonly config: AgentConfig;
@@ -25,21 +30,26 @@ export interface Utilities {
 
 export async function createUtilities(opts: UtilitiesOptions): Promise<Utilities> {
   const run = opts.run ?? execRunner;
+  const state = newAgentState();
+  const guard = new DeviceGuard({ allowDestructive: opts.config.allowDestructive, allowedDevices: opts.config.allowedDevices });
+  const deps: UtilityDeps = { config: opts.config, run, guard, state, log: opts.log };
+  const parts = UTILITY_PARTS.map((make) => make(deps));
+  const merged = mergeParts(parts);
   const managers = [
-    genericHardwareManager({ run, bootInterface: opts.config.bootInterface }),
+    genericHardwareManager({ run, bootInterface: opts.config.bootInterface, parts }),
     ...(await loadVendorManagers(opts.config.vendorManagers, opts.log)),
     ...(opts.managers ?? []),
   ];
   const registry = await ManagerRegistry.create(managers, { log: opts.log, allowDestructive: opts.config.allowDestructive });
-  const state = newAgentState();
   const extensions = [
     stepExtension("clean", registry),
     stepExtension("deploy", registry),
     stepExtension("service", registry),
     pollExtension(registry, state, opts.config.standalone),
     logExtension(run),
-    defineExtension("standby", standbyReadOnly(run, state)),
+    defineExtension("standby", { ...standbyReadOnly(run, state), ...merged.standby }),
     flowExtension(),
+    ...merged.extensions,
   ];
   return { extensions, registry, state };
 }
