@@ -12,29 +12,12 @@ import { CONTENT_TYPES, decodeEnvelope, encodeEnvelope, type WireFormat } from "
 import { defineCommand, defineExtension } from "../core/command.js";
 import type { Envelope, EnvelopeOf, JsonObject } from "../core/envelope.js";
 import { startAgent, TOKEN, type TestAgent } from "./helpers/agent.js";
+import { gate, type Gate } from "./helpers/gate.js";
 
 const PATH = "/ironbus/v1/envelope";
 const FORMATS: readonly WireFormat[] = ["json", "protobuf"];
 const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
-interface Gate {
-  readonly promise: Promise<void>;
-  readonly entered: Promise<void>;
-  enter(): void;
-  open(): void;
-}
-
-function gate(): Gate {
-  let open!: () => void;
-  let enter!: () => void;
-  const promise = new Promise<void>((r) => {
-    open = r;
-  });
-  const entered = new Promise<void>((r) => {
-    enter = r;
-  });
-  return { promise, entered, enter, open };
-}
 
 interface Reply {
   readonly status: number;

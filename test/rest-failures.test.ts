@@ -11,6 +11,7 @@ import { z } from "zod";
 import { defineCommand, defineExtension, type Extension } from "../core/command.js";
 import { AgentError } from "../core/errors.js";
 import { startAgent, TOKEN, type TestAgent } from "./helpers/agent.js";
+import { gate, type Gate } from "./helpers/gate.js";
 
 const LIMIT = 2048;
 const Q = `agent_token=${TOKEN}`;
@@ -149,25 +150,6 @@ function nextRequest(a: TestAgent): Promise<void> {
   return new Promise((resolve) => serverOf(a).once("request", () => resolve()));
 }
 
-interface Gate {
-  readonly promise: Promise<void>;
-  /** Resolves when the command is running (inside its handler). */
-  readonly entered: Promise<void>;
-  enter(): void;
-  open(): void;
-}
-
-function gate(): Gate {
-  let open!: () => void;
-  let enter!: () => void;
-  const promise = new Promise<void>((r) => {
-    open = r;
-  });
-  const entered = new Promise<void>((r) => {
-    enter = r;
-  });
-  return { promise, entered, enter, open };
-}
 
 function testExtension(gates: () => Gate): Extension {
   return defineExtension("test", {

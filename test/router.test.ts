@@ -5,15 +5,7 @@ import { defineCommand, defineExtension, type CommandContext } from "../core/com
 import { AgentError } from "../core/errors.js";
 import { silentLogger } from "../core/log.js";
 import { Router, type RouterOptions } from "../router/router.js";
-
-/** A gate a test opens when it wants a running command to finish. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((r) => {
-    open = r;
-  });
-  return { promise, open };
-}
+import { gate } from "./helpers/gate.js";
 
 function makeRouter(overrides: Partial<RouterOptions> = {}) {
   let runs = 0;
