@@ -50,7 +50,8 @@ export interface CommandDefinition {
   readonly timeoutMs: number | undefined;
   readonly whileBusy: boolean;
   readonly validate: ((params: JsonObject) => void) | undefined;
-  execute(params: JsonObject, ctx: CommandContext): Promise<unknown>;
+  /** Parses the parameters and runs the command: a value for a command done at once, else a promise. */
+  execute(params: JsonObject, ctx: CommandContext): unknown;
 }
 
 export interface Extension {
@@ -76,7 +77,7 @@ export function defineCommand<P>(spec: CommandSpec<P>): CommandDefinition {
     destructive: spec.destructive ?? false,
     timeoutMs: spec.timeoutMs,
     validate: spec.validate,
-    async execute(params, ctx) {
+    execute(params, ctx) {
       const parsed = spec.params.safeParse(params);
       if (!parsed.success) {
         // IPA: a sync command's wrong kwargs are a TypeError (Ironic treats it as fatal);

@@ -46,8 +46,14 @@ export function pyRepr(value: Readonly<Record<string, string>>): string {
 export class Router {
   private readonly extensions = new Map<string, Extension>();
   private readonly records = new Map<string, CommandRecord>();
-  /** Ids of every command accepted, newest last, bounded; outlives the records themselves. */
+  /** Ids of every command accepted, bounded; outlives the records themselves. */
   private readonly seenIds = new Set<string>();
+  /** The same ids in arrival order, as a ring, so the oldest is evicted in O(1). */
+  private readonly seenRing: string[] = [];
+  private seenHead = 0;
+  /** Record ids in arrival order (from recordHead on), so the oldest finished result is evicted in O(1). */
+  private recordOrder: string[] = [];
+  private recordHead = 0;
   private readonly running = new Map<string, AbortController>();
   private readonly listeners: { [K in keyof RouterEvents]: Set<RouterEvents[K]> } = { progress: new Set(), finished: new Set() };
   private holder: CommandRecord | undefined;
@@ -155,33 +161,51 @@ export class Router {
     if (def.exclusive) this.holder = record;
 
     const execution = this.execute(record, def, req);
-    if (def.mode === "sync" || req.wait === true) await execution;
+    if (execution !== undefined && (def.mode === "sync" || req.wait === true)) await execution;
     return record;
   }
 
   private store(record: CommandRecord): void {
     this.records.set(record.id, record);
-    this.seenIds.add(record.id);
-    if (this.seenIds.size > this.opts.idHistory) {
-      const oldest = this.seenIds.values().next();
-      if (oldest.done !== true) this.seenIds.delete(oldest.value);
+    this.remember(record.id);
+    this.recordOrder.push(record.id);
+    // Each queued id is looked at once at most per call; a running command is never dropped but
+    // goes to the back of the queue, so it cannot hold up the eviction of finished ones.
+    let budget = this.recordOrder.length - this.recordHead;
+    while (this.records.size > this.opts.resultHistory && budget-- > 0) {
+      const oldest = this.recordOrder[this.recordHead++] as string;
+      const rec = this.records.get(oldest);
+      if (rec === undefined) continue;
+      if (rec.finished) this.records.delete(oldest);
+      else this.recordOrder.push(oldest);
     }
-    if (this.records.size > this.opts.resultHistory) {
-      for (const [key, rec] of this.records) {
-        if (rec.finished) {
-          this.records.delete(key);
-          break;
-        }
-      }
+    if (this.recordHead > 1024 && this.recordHead * 2 > this.recordOrder.length) {
+      this.recordOrder = this.recordOrder.slice(this.recordHead);
+      this.recordHead = 0;
     }
   }
 
-  private context(record: CommandRecord, signal: AbortSignal, log: Logger): CommandContext {
+  private remember(id: string): void {
+    this.seenIds.add(id);
+    if (this.seenRing.length < this.opts.idHistory) {
+      this.seenRing.push(id);
+      return;
+    }
+    this.seenIds.delete(this.seenRing[this.seenHead] as string);
+    this.seenRing[this.seenHead] = id;
+    this.seenHead = (this.seenHead + 1) % this.opts.idHistory;
+  }
+
+  private context(record: CommandRecord, signal: () => AbortSignal, log: () => Logger): CommandContext {
     return {
       id: record.id,
       name: record.fullName,
-      signal,
-      log,
+      get signal() {
+        return signal();
+      },
+      get log() {
+        return log();
+      },
       progress: (update: ProgressUpdate) => {
         if (record.finished) return;
         const body: ProgressBody = { command_id: record.id, command_name: record.fullName, ...update };
@@ -194,33 +218,50 @@ export class Router {
         if (def.destructive && !this.opts.allowDestructive) {
           throw new AgentError("DESTRUCTIVE_NOT_ALLOWED", `${name} is destructive and allow_destructive is off`);
         }
-        signal.throwIfAborted();
-        const inner = this.context(record, signal, log.child({ invoked: name }));
+        signal().throwIfAborted();
+        const inner = this.context(record, signal, () => log().child({ invoked: name }));
         return toJson(await def.execute(params, { ...inner, name }), def.mode, name.slice(name.indexOf(".") + 1));
       },
     };
   }
 
-  private async execute(record: CommandRecord, def: CommandDefinition, req: SubmitRequest): Promise<void> {
-    const log = this.log.child({ command: record.fullName, commandId: record.id });
-    const ac = new AbortController();
+  /**
+   * Runs a recorded command. A command that is done at once (a plain value, or a throw) finishes
+   * here with no timer, signal or child logger made for it; one that returns a promise gets its
+   * deadline and abort handling. Resolves (or returns undefined) once the record is final.
+   */
+  private execute(record: CommandRecord, def: CommandDefinition, req: SubmitRequest): Promise<void> | undefined {
+    let log: Logger | undefined;
+    const logger = (): Logger => (log ??= this.log.child({ command: record.fullName, commandId: record.id }));
+    let ac: AbortController | undefined;
+    const controller = (): AbortController => (ac ??= new AbortController());
+    let pending: unknown;
+    try {
+      pending = def.execute(req.params, this.context(record, () => controller().signal, logger));
+    } catch (err) {
+      this.fail(record, err, logger);
+      this.settled(record);
+      return undefined;
+    }
+    if (!isPromiseLike(pending)) {
+      this.succeed(record, pending, def, logger);
+      this.settled(record);
+      return undefined;
+    }
+    return this.await(record, def, req, controller(), Promise.resolve(pending), logger);
+  }
+
+  private async await(record: CommandRecord, def: CommandDefinition, req: SubmitRequest, ac: AbortController, handler: Promise<unknown>, logger: () => Logger): Promise<void> {
     this.running.set(record.id, ac);
     const timeoutMs = req.timeoutMs ?? def.timeoutMs ?? this.opts.defaultTimeoutMs;
     const timer = setTimeout(() => ac.abort(new AgentError("COMMAND_TIMEOUT", `${record.fullName} ran longer than ${timeoutMs} ms`)), timeoutMs);
     const aborted = new Promise<never>((_, reject) => {
       ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
     });
-    const handler = (async () => def.execute(req.params, this.context(record, ac.signal, log)))();
-    log.debug("command started");
     try {
-      const value = await Promise.race([handler, aborted]);
-      record.finish("SUCCEEDED", toJson(value, def.mode, record.shortName), null, this.now());
-      log.info({ status: record.status, ms: this.now() - record.createdAt }, "command finished");
+      this.succeed(record, await Promise.race([handler, aborted]), def, logger);
     } catch (err) {
-      const error = AgentError.from(err, "COMMAND_FAILED");
-      const status = error.code === "VERSION_MISMATCH" ? "CLEAN_VERSION_MISMATCH" : "FAILED";
-      record.finish(status, null, error.toCommandError(), this.now());
-      log.warn({ status, code: error.code, err: error.cause ?? error }, "command failed");
+      this.fail(record, err, logger);
     } finally {
       clearTimeout(timer);
       this.running.delete(record.id);
@@ -231,8 +272,32 @@ export class Router {
         () => undefined,
         () => undefined,
       );
-      if (this.holder === record) this.holder = undefined;
     }
+    this.settled(record);
+  }
+
+  private succeed(record: CommandRecord, value: unknown, def: CommandDefinition, logger: () => Logger): void {
+    let result: Json;
+    try {
+      result = toJson(value, def.mode, record.shortName);
+    } catch (err) {
+      this.fail(record, err, logger);
+      return;
+    }
+    record.finish("SUCCEEDED", result, null, this.now());
+    if (this.log.isLevelEnabled("info")) logger().info({ status: record.status, ms: this.now() - record.createdAt }, "command finished");
+  }
+
+  private fail(record: CommandRecord, err: unknown, logger: () => Logger): void {
+    const error = AgentError.from(err, "COMMAND_FAILED");
+    const status = error.code === "VERSION_MISMATCH" ? "CLEAN_VERSION_MISMATCH" : "FAILED";
+    record.finish(status, null, error.toCommandError(), this.now());
+    logger().warn({ status, code: error.code, err: error.cause ?? error }, "command failed");
+  }
+
+  /** The record is final: release the lock and tell the listeners. */
+  private settled(record: CommandRecord): void {
+    if (this.holder === record) this.holder = undefined;
     for (const l of this.listeners.finished) this.safely(() => l(record));
   }
 
@@ -251,6 +316,10 @@ export class Router {
     for (const ac of this.running.values()) ac.abort(new AgentError("SHUTTING_DOWN", "agent is stopping"));
     await Promise.all(pending);
   }
+}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return typeof value === "object" && value !== null && typeof (value as { then?: unknown }).then === "function";
 }
 
 /** IPA's result conventions: undefined is null, strings are wrapped, anything else must be JSON. */

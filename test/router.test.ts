@@ -32,6 +32,15 @@ function makeRouter(overrides: Partial<RouterOptions> = {}) {
         return "done";
       },
     }),
+    background: defineCommand({
+      mode: "async",
+      exclusive: false,
+      params: z.object({}).strict(),
+      run: async () => {
+        await hold.promise;
+        return null;
+      },
+    }),
     stubborn: defineCommand({
       mode: "async",
       params: z.object({}).strict(),
@@ -198,14 +207,24 @@ describe("router", () => {
     assert.equal(runs(), 3);
   });
 
-  it("keeps running commands in the history however many finish after them", async () => {
+  it("keeps running commands in the history however many finish after them, and still bounds it", async () => {
     const { router, hold } = makeRouter({ resultHistory: 3 });
-    const slow = await router.submit({ name: "t.slow", params: {} });
+    const running = await router.submit({ name: "t.background", params: {} });
+    for (let i = 0; i < 50; i++) await router.submit({ id: `e${i}`, name: "t.echo", params: { value: String(i) } });
+    assert.deepEqual(router.list().map((r) => r.id), [running.id, "e48", "e49"]);
     hold.open();
-    await slow.done;
-    await new Promise((r) => setImmediate(r));
-    for (let i = 0; i < 10; i++) await router.submit({ name: "t.echo", params: { value: String(i) } });
-    assert.equal(router.list().length, 3);
+    await running.done;
+    for (let i = 50; i < 53; i++) await router.submit({ id: `e${i}`, name: "t.echo", params: { value: String(i) } });
+    assert.deepEqual(router.list().map((r) => r.id), ["e50", "e51", "e52"]);
+  });
+
+  it("remembers ids beyond the result history, up to idHistory, oldest forgotten first", async () => {
+    const { router, runs } = makeRouter({ resultHistory: 2, idHistory: 5 });
+    for (let i = 0; i < 8; i++) await router.submit({ id: `i${i}`, name: "t.count", params: {} });
+    await assert.rejects(router.submit({ id: "i4", name: "t.count", params: {} }), refused("DUPLICATE_COMMAND"));
+    // i0..i2 are forgotten: ids are bounded too (a redelivery that late is no longer recognised).
+    assert.equal((await router.submit({ id: "i0", name: "t.count", params: {} })).status, "SUCCEEDED");
+    assert.equal(runs(), 9);
   });
 
   it("fails a command at its deadline and keeps the lock until the handler really stops", async () => {
