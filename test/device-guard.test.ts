@@ -40,6 +40,15 @@ describe("device guard (real loop devices)", () => {
     await assert.rejects(none.check(mine.path), refusedWith("DEVICE_NOT_ALLOWED"));
   });
 
+  it("accepts a configured symlink (by-id style) for the device it points to", async (t) => {
+    const loop = createLoopDevice(8, t);
+    const link = join(mkdtempSync(join(tmpdir(), "ironbus-link-")), "by-id-disk");
+    symlinkSync(loop.path, link);
+    const guard = new DeviceGuard({ allowDestructive: true, allowedDevices: [link] });
+    assert.equal(await guard.check(loop.path), loop.path);
+    await assert.rejects(guard.check("/dev/vda"), refusedWith("DEVICE_NOT_ALLOWED"));
+  });
+
   it("matches a trailing * by prefix", async (t) => {
     const loop = createLoopDevice(8, t);
     const guard = new DeviceGuard({ allowDestructive: true, allowedDevices: ["/dev/loop*"] });

@@ -29,8 +29,21 @@ export class DeviceGuard {
     this.sysRoot = opts.sysRoot ?? "/sys";
   }
 
-  private matches(path: string): boolean {
-    return this.exact.has(path) || this.prefixes.some((p) => path.startsWith(p));
+  private matches(path: string, resolved: ReadonlySet<string>): boolean {
+    return this.exact.has(path) || resolved.has(path) || this.prefixes.some((p) => path.startsWith(p));
+  }
+
+  /** The configured entries as real paths (`/dev/disk/by-id/...` → `/dev/sda`), read at each check. */
+  private async resolvedEntries(): Promise<Set<string>> {
+    const out = new Set<string>();
+    for (const entry of this.exact) {
+      try {
+        out.add(await realpath(entry));
+      } catch {
+        // not present now: it can only match by its own name
+      }
+    }
+    return out;
   }
 
   /** The whole disk a partition belongs to, from sysfs; undefined for a whole disk or an unknown name. */
@@ -61,9 +74,10 @@ export class DeviceGuard {
     } catch (err) {
       throw new AgentError("DEVICE_NOT_ALLOWED", `${device} does not exist`, { cause: err });
     }
-    if (this.matches(canonical)) return canonical;
+    const resolved = await this.resolvedEntries();
+    if (this.matches(canonical, resolved)) return canonical;
     const parent = await this.parentDisk(canonical);
-    if (parent !== undefined && this.matches(parent)) return canonical;
+    if (parent !== undefined && this.matches(parent, resolved)) return canonical;
     const shown = canonical === device ? device : `${device} (${canonical})`;
     throw new AgentError("DEVICE_NOT_ALLOWED", `${what} on ${shown} refused: not in allowedDevices [${this.opts.allowedDevices.join(", ")}]`);
   }
