@@ -21,7 +21,7 @@ export const ConfigSchema = z
     apiUrls: z.array(z.string().url()).default([]).describe("Ironic API URLs (ipa-api-url, comma separated)."),
     tlsCertFile: z.string().optional().describe("PEM certificate for the REST API (static TLS)."),
     tlsKeyFile: z.string().optional().describe("PEM private key for the REST API (static TLS)."),
-    autoTls: z.boolean().default(false).describe("Serve HTTPS with a self-signed EC certificate whose SAN holds the advertised IP."),
+    autoTls: z.boolean().optional().describe("Serve HTTPS with a self-signed EC certificate whose SAN holds the advertised IP; unset: on with Ironic API 1.68 or later, off standalone."),
     tlsCurve: z.enum(["prime256v1", "secp384r1", "secp521r1"]).default("secp384r1").describe("Curve of the auto-TLS key (IPA's default is P-384)."),
     tlsDir: z.string().default("/run/ironbus").describe("Where auto-TLS writes agent.crt and agent.key."),
     tlsMinVersion: z.enum(["TLSv1.2", "TLSv1.3"]).default("TLSv1.2").describe("Lowest TLS version the REST API accepts."),
@@ -36,10 +36,21 @@ export const ConfigSchema = z
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info").describe("pino log level (ipa-debug=1 sets debug)."),
     bootInterface: z.string().optional().describe("MAC of the PXE interface (BOOTIF), reported in the inventory."),
     inspectionCallbackUrl: z.string().optional().describe("Where to post inspection data (ipa-inspection-callback-url)."),
-    inspectionCollectors: z.array(z.string()).default(["default"]).describe("Inspection collectors (ipa-inspection-collectors)."),
+    inspectionCollectors: z.array(z.string()).optional().describe("Inspection collectors (ipa-inspection-collectors); unset means default. Set without a callback URL: post to Ironic's /v1/continue_inspection (API 1.84+)."),
     lookupTimeoutS: z.number().min(0).default(600).describe("How long to retry lookup, in seconds (ipa-lookup-timeout)."),
     lookupIntervalS: z.number().min(0).default(1).describe("Initial lookup retry interval, in seconds (ipa-lookup-interval)."),
     insecure: z.boolean().default(false).describe("Skip certificate checks on calls to Ironic (ipa-insecure)."),
+    ironicCaFile: z.string().optional().describe("PEM CA bundle that verifies Ironic's HTTPS certificate (IPA's cafile); default: the system CAs."),
+    ironicApiVersion: z.string().regex(/^1\.\d+$/).optional().describe("Ironic API version to assume instead of asking GET / (ipa-ironic-api-version)."),
+    nicWaitTimeoutS: z.number().min(0).max(600).default(60).describe("How long to wait at start for a network interface with a MAC and carrier, or an IP, in seconds; 0 skips the wait."),
+    ipLookupAttempts: z.number().int().min(1).default(6).describe("Tries to find the advertise address with `ip route get` towards Ironic (ipa-ip-lookup-attempts)."),
+    ipLookupSleepS: z.number().min(0).default(10).describe("Seconds between those tries (ipa-ip-lookup-timeout)."),
+    powerOffCommand: z.array(z.string().min(1)).min(1).default(["poweroff"]).describe("Command and arguments standby.power_off runs after sync (a JSON array in the file; comma separated elsewhere)."),
+    rebootCommand: z.array(z.string().min(1)).min(1).default(["reboot"]).describe("Command and arguments standby.run_image runs after sync (a JSON array in the file; comma separated elsewhere)."),
+    sysrqTriggerFile: z.string().default("/proc/sysrq-trigger").describe("Where to write o (power off) or b (reboot) when the power command fails or is ignored; empty disables the fallback."),
+    enableBiosBootloaderInstall: z.boolean().default(false).describe("Let image.install_bootloader run grub2-install/grub-install in the image's chroot for BIOS boot (IPA's enable_bios_bootloader_install; off as a CVE mitigation)."),
+    ignoreBootloaderFailure: z.boolean().default(false).describe("image.install_bootloader logs a failure and succeeds, when the command does not say otherwise (ipa-ignore-bootloader-failure)."),
+    injectFilesPriority: z.number().int().min(0).max(99).default(0).describe("Priority of the inject_files deploy step; 0 runs it only on request (ipa-inject-files-priority)."),
   })
   .strict();
 
@@ -81,6 +92,17 @@ const KINDS: Record<ConfigKey, Kind> = {
   lookupTimeoutS: "number",
   lookupIntervalS: "number",
   insecure: "boolean",
+  ironicCaFile: "string",
+  ironicApiVersion: "string",
+  nicWaitTimeoutS: "number",
+  ipLookupAttempts: "number",
+  ipLookupSleepS: "number",
+  powerOffCommand: "list",
+  rebootCommand: "list",
+  sysrqTriggerFile: "string",
+  enableBiosBootloaderInstall: "boolean",
+  ignoreBootloaderFailure: "boolean",
+  injectFilesPriority: "number",
 };
 
 export const CONFIG_KEYS = Object.keys(KINDS) as ConfigKey[];
@@ -100,6 +122,11 @@ export const KERNEL_KEYS: Readonly<Record<string, ConfigKey>> = {
   "ipa-standalone": "standalone",
   "ipa-inspection-callback-url": "inspectionCallbackUrl",
   "ipa-inspection-collectors": "inspectionCollectors",
+  "ipa-ironic-api-version": "ironicApiVersion",
+  "ipa-ip-lookup-attempts": "ipLookupAttempts",
+  "ipa-ip-lookup-timeout": "ipLookupSleepS",
+  "ipa-ignore-bootloader-failure": "ignoreBootloaderFailure",
+  "ipa-inject-files-priority": "injectFilesPriority",
   BOOTIF: "bootInterface",
 };
 

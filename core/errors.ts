@@ -41,6 +41,11 @@ export const ERROR_CODES = {
   CONFIG_INVALID: { status: 500, ipaType: "InvalidConfiguration", message: "Invalid agent configuration" },
   PLUGIN_INVALID: { status: 500, ipaType: "InvalidHardwareManager", message: "Invalid hardware manager plugin" },
   SHUTTING_DOWN: { status: 503, ipaType: "ServiceUnavailable", message: "Agent is shutting down" },
+  IRONIC_UNREACHABLE: { status: 503, ipaType: "ConnectionError", message: "Could not reach the Ironic API" },
+  LOOKUP_FAILED: { status: 500, ipaType: "LookupNodeError", message: "Error getting configuration from Ironic" },
+  HEARTBEAT_FAILED: { status: 500, ipaType: "HeartbeatError", message: "Error heartbeating to agent API" },
+  ADVERTISE_ADDRESS_NOT_FOUND: { status: 500, ipaType: "LookupAgentIPError", message: "Error finding IP for Ironic Agent" },
+  INSPECTION_FAILED: { status: 500, ipaType: "InspectionError", message: "Failure in inspection" },
   INTERNAL: { status: 500, ipaType: "CommandExecutionError", message: "Command execution failed" },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

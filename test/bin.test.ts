@@ -76,10 +76,10 @@ describe("ironbus-agent bin", () => {
     assert.match(badEnv.stderr, /listenPort must be a number/);
   });
 
-  it("says plainly that Ironic lookup is not there yet when started without --standalone", async () => {
+  it("says what is missing when started without --standalone and without an Ironic URL", async () => {
     const { code, stderr } = await exited(launch(["--listen", "127.0.0.1:0"]));
     assert.equal(code, 2);
-    assert.match(stderr, /not implemented yet: start with --standalone/);
+    assert.match(stderr, /no Ironic API URL: set ipa-api-url .* or start with --standalone/);
   });
 
   it("serves HTTPS with auto-TLS for the advertised IP and stops cleanly on SIGTERM", async (t) => {
