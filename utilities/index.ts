@@ -9,10 +9,17 @@ import { stepExtension } from "./extensions/steps.js";
 import { genericHardwareManager } from "./generic.js";
 import { type HardwareManager, loadVendorManagers, ManagerRegistry } from "./managers.js";
 import { DeviceGuard } from "./disk/guard.js";
+import { diskPart, installDeviceResolver } from "./disk/part.js";
 import { mergeParts, type UtilityDeps, type UtilityPart } from "./part.js";
+import { imagePart } from "./image/part.js";
+import { systemPart } from "./system/part.js";
 
 /** The utility areas, each filling in its own part of the generic manager and of standby. */
-const UTILITY_PARTS: ReadonlyArray<(deps: UtilityDeps) => UtilityPart> = [];
+const UTILITY_PARTS: ReadonlyArray<(deps: UtilityDeps) => UtilityPart> = [
+  diskPart,
+  systemPart,
+  (deps) => imagePart(deps, { resolveDevice: installDeviceResolver(deps) }),
+];
 
 export interface UtilitiesOptions {
   readonly config: AgentConfig;

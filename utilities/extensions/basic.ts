@@ -78,10 +78,5 @@ export function standbyReadOnly(run: CommandRunner, state: AgentState): Record<s
         return null;
       },
     }),
-    get_partition_uuids: defineCommand({
-      mode: "sync",
-      params: NoParams,
-      run: () => state.partitionUuids,
-    }),
   };
 }
