@@ -157,7 +157,7 @@ export class Router {
 
     const id = req.id ?? randomUUID();
     const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, def.exclusive, this.now(), !def.whileBusy);
-    this.store(record);
+    this.store(record, req.id !== undefined);
     if (def.exclusive) this.holder = record;
 
     const execution = this.execute(record, def, req);
@@ -165,9 +165,10 @@ export class Router {
     return record;
   }
 
-  private store(record: CommandRecord): void {
+  private store(record: CommandRecord, clientId: boolean): void {
     this.records.set(record.id, record);
-    this.remember(record.id);
+    // Only an id the client chose can come again; one the agent made up cannot.
+    if (clientId) this.remember(record.id);
     this.recordOrder.push(record.id);
     // Each queued id is looked at once at most per call; a running command is never dropped but
     // goes to the back of the queue, so it cannot hold up the eviction of finished ones.

@@ -164,18 +164,45 @@ export class RestTransport implements Transport {
     return `${this.scheme}://${host}`;
   }
 
-  private async readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  private readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     const declared = Number(req.headers["content-length"] ?? "0");
-    if (declared > limit) throw fault(413, `413 Request Entity Too Large: body of ${declared} bytes exceeds the limit of ${limit}`);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req) {
-      const buf = chunk as Buffer;
-      size += buf.length;
-      if (size > limit) throw fault(413, `413 Request Entity Too Large: body exceeds the limit of ${limit} bytes`);
-      chunks.push(buf);
-    }
-    return Buffer.concat(chunks);
+    if (declared > limit) return Promise.reject(fault(413, `413 Request Entity Too Large: body of ${declared} bytes exceeds the limit of ${limit}`));
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const onData = (chunk: Buffer): void => {
+        size += chunk.length;
+        if (size > limit) {
+          cleanup();
+          req.resume();
+          reject(fault(413, `413 Request Entity Too Large: body exceeds the limit of ${limit} bytes`));
+          return;
+        }
+        chunks.push(chunk);
+      };
+      const onEnd = (): void => {
+        cleanup();
+        resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size));
+      };
+      const onError = (err: Error): void => {
+        cleanup();
+        reject(err);
+      };
+      const onAborted = (): void => onError(Object.assign(new Error("client closed the request"), { code: "ECONNRESET" }));
+      const cleanup = (): void => {
+        req.off("data", onData);
+        req.off("end", onEnd);
+        req.off("error", onError);
+        req.off("close", onClose);
+      };
+      const onClose = (): void => {
+        if (!req.complete) onAborted();
+      };
+      req.on("data", onData);
+      req.on("end", onEnd);
+      req.on("error", onError);
+      req.on("close", onClose);
+    });
   }
 
   private checkToken(agent: AgentPort, query: URLSearchParams, method: string): void {

@@ -8,8 +8,8 @@
  * end of the disk, the partition table re-read and one partition read, and the configdrive written.
  * Partition images: the layout of layout.ts is made first, the image goes into the root partition.
  */
-import { constants, createReadStream } from "node:fs";
-import { access, mkdir, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { createReadStream } from "node:fs";
+import { mkdir, stat, statfs, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { CommandContext } from "../../core/command.js";
 import type { JsonObject } from "../../core/envelope.js";
@@ -19,7 +19,7 @@ import { hasTool } from "../exec.js";
 import type { UtilityDeps } from "../part.js";
 import { type ExpectedChecksum, resolveChecksum } from "./checksum.js";
 import { configdriveMiB, type ConfigdriveDeps, loadConfigdrive, writeConfigdrive, writeWholeDiskConfigdrive } from "./configdrive.js";
-import { deviceSize, fixGpt, isReadable, logicalSectorSize, rescan, runTool, type ToolContext, wipeMetadata } from "./device.js";
+import { deviceSize, exists, fixGpt, isReadable, logicalSectorSize, rescan, runTool, type ToolContext, wipeMetadata } from "./device.js";
 import { deploymentError, downloadError, downloadTimeoutError, invalidImage, invalidParams, outOfSpaceError, writeError } from "./errors.js";
 import { ImageHttp } from "./http.js";
 import type { ImageInfo, ImageType } from "./info.js";
@@ -72,15 +72,6 @@ function errnoOf(err: unknown): string | undefined {
 
 function safeName(id: string): string {
   return id.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 200) || "image";
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path, constants.F_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** IPA's result message of prepare_image. */

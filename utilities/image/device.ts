@@ -83,7 +83,7 @@ export async function listPartitions(ctx: ToolContext, disk: string): Promise<Pa
   return out.sort((a, b) => a.number - b.number);
 }
 
-async function exists(path: string): Promise<boolean> {
+export async function exists(path: string): Promise<boolean> {
   try {
     await access(path, constants.F_OK);
     return true;

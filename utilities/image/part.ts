@@ -78,7 +78,8 @@ export function imagePart(deps: UtilityDeps, given: ImagePartOptions = {}): Util
       get_partition_uuids: defineCommand({
         mode: "sync",
         params: z.object({}).strict(),
-        run: (_p, ctx) => answerPartitionUuids(deps, record, ctx.signal),
+        // Nothing written by this agent yet: the stored answer, at once (no device to read).
+        run: (_p, ctx) => (record.last === undefined ? deps.state.partitionUuids : answerPartitionUuids(deps, record, ctx.signal)),
       }),
     },
   };
