@@ -14,7 +14,7 @@ import { Pool } from "undici";
 
 export const HOST = "127.0.0.1";
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-export const DEFAULT_AGENT_JS = join(ROOT, "dist", "bin", "ironbus-agent.js");
+export const DEFAULT_AGENT_JS = join(ROOT, "dist", "ironbus-agent.mjs");
 let agentJs = DEFAULT_AGENT_JS;
 
 /** The agent entry point the benchmarks spawn (default: this checkout's dist/). */
@@ -178,20 +178,24 @@ export function distIsStale(): boolean {
 }
 
 /**
- * Runs tsc. Returns false when it reported errors but still emitted dist/ (tsc emits despite type
- * errors; another engineer's edit in progress should not stop a benchmark); throws when nothing runnable came out.
+ * Builds the agent as users get it (`npm run build`: the esbuild bundle). Returns false when the build
+ * failed but an older bundle exists; throws when nothing runnable is there.
  */
 export function build(): boolean {
   try {
-    execFileSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(ROOT, "tsconfig.build.json")], {
-      cwd: ROOT,
-      stdio: "inherit",
-    });
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: ROOT, stdio: "inherit" });
     return true;
   } catch (err) {
     if (existsSync(DEFAULT_AGENT_JS)) return false;
     throw err;
   }
+}
+
+/** The node flags an entry point's shebang asks for (`#!/usr/bin/env -S node --flag`), as npx would run it. */
+export function shebangNodeFlags(entry: string): string[] {
+  const first = readFileSync(entry, "utf8").split("\n", 1)[0] ?? "";
+  const m = /^#!.*\bnode\b(.*)$/.exec(first);
+  return m?.[1]?.trim().split(/\s+/).filter((f) => f.startsWith("--")) ?? [];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  *                agent window followed by an echo window that tells how busy the machine was.
  */
 import { spawnEcho } from "./echo-server.js";
-import { type LoadResult, agentEntry, type RequestSpec, type Served, makePool, median, once, rssKiBOf, runLoad, spawnServed } from "./lib.js";
+import { type LoadResult, agentEntry, type RequestSpec, type Served, makePool, median, once, rssKiBOf, runLoad, shebangNodeFlags, spawnServed } from "./lib.js";
 
 export const TOKEN = "bench-token-0123456789abcdef";
 export const COMMAND_BODY = JSON.stringify({ name: "standby.get_partition_uuids", params: {} });
@@ -16,7 +16,7 @@ export const GET_STATUS: RequestSpec = { method: "GET", path: "/v1/status" };
 export const GET_COMMANDS: RequestSpec = { method: "GET", path: `/v1/commands/?agent_token=${TOKEN}` };
 
 export function agentArgs(extra: readonly string[] = []): string[] {
-  return [agentEntry(), "--standalone", "--listen", "127.0.0.1:{PORT}", "--agent-token", TOKEN, "--no-kernel-cmdline", "--log-level", "warn", ...extra];
+  return [...shebangNodeFlags(agentEntry()), agentEntry(), "--standalone", "--listen", "127.0.0.1:{PORT}", "--agent-token", TOKEN, "--no-kernel-cmdline", "--log-level", "warn", ...extra];
 }
 
 export function spawnAgent(extra: readonly string[] = [], pollMs = 5): Promise<Served> {

@@ -124,9 +124,9 @@ async function main(): Promise<void> {
   let buildClean: boolean | undefined;
   if (values["agent-js"] !== undefined) setAgentEntry(resolve(values["agent-js"]));
   else if (values["skip-build"] !== true && distIsStale()) {
-    process.stderr.write("dist/ is missing or older than the sources: building (tsc -p tsconfig.build.json)\n");
+    process.stderr.write("dist/ is missing or older than the sources: building (npm run build)\n");
     buildClean = build();
-    if (!buildClean) process.stderr.write("warning: tsc reported type errors (above) but emitted dist/; benchmarking what it emitted\n");
+    if (!buildClean) process.stderr.write("warning: the build failed (above); benchmarking the older bundle in dist/\n");
   }
 
   const log = (line: string): void => {
@@ -267,7 +267,7 @@ async function main(): Promise<void> {
       table(
         ["process", "median ms", "min ms", "max ms"],
         [
-          ["agent (node dist/bin/ironbus-agent.js)", l.agentMs.median, l.agentMs.min, l.agentMs.max],
+          ["agent (dist/ironbus-agent.mjs)", l.agentMs.median, l.agentMs.min, l.agentMs.max],
           ["bare node -e http server", l.echoMs.median, l.echoMs.min, l.echoMs.max],
         ],
       ),

@@ -1,25 +1,17 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 /**
  * The agent's composition root: flags → config → utilities → (Ironic: lookup) → transports → agent
  * → (Ironic: heartbeats). docs/ironic.md tells the start-up with Ironic step by step.
  */
-import { randomUUID } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { networkInterfaces, hostname } from "node:os";
 import { parseArgs } from "node:util";
-import type { CommandContext } from "../core/command.js";
 import { CONFIG_KEYS, type AgentConfig, flagName, loadConfig } from "../core/config.js";
 import { AgentError } from "../core/errors.js";
 import { createLogger, type Logger } from "../core/log.js";
-import { callbackUrl } from "../ironic/advertise.js";
-import { connectToIronic, type HeartbeatHandle, type IronicSession, startHeartbeats, useAutoTls } from "../ironic/link.js";
 import { Agent } from "../router/agent.js";
-import { RestTransport, type RestTlsOptions } from "../transports/rest/server.js";
-import { execRunner } from "../utilities/exec.js";
+import { RestTransport } from "../transports/rest/server.js";
 import { createUtilities } from "../utilities/index.js";
-import { collectInterfaces } from "../utilities/inventory/net.js";
-import { HostFs } from "../utilities/inventory/sysfs.js";
-import { collectSystemLogs } from "../utilities/logs/index.js";
+import { tlsOptions } from "./tls.js";
 
 const USAGE = `Usage: ironbus-agent [options]
 
@@ -61,30 +53,6 @@ function splitHostPort(value: string): { host: string; port: string } {
   const m = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(value);
   if (m === null || m[1] === undefined || m[2] === undefined) throw new AgentError("CONFIG_INVALID", `--listen must be HOST:PORT, got ${JSON.stringify(value)}`);
   return { host: m[1] === "" ? "0.0.0.0" : m[1], port: m[2] };
-}
-
-function firstExternalAddress(): string {
-  for (const addrs of Object.values(networkInterfaces())) {
-    for (const a of addrs ?? []) if (!a.internal && a.family === "IPv4") return a.address;
-  }
-  return "127.0.0.1";
-}
-
-async function tlsOptions(config: AgentConfig, log: Logger): Promise<RestTlsOptions | undefined> {
-  if (config.tlsCertFile !== undefined || config.tlsKeyFile !== undefined) {
-    if (config.tlsCertFile === undefined || config.tlsKeyFile === undefined) {
-      throw new AgentError("CONFIG_INVALID", "tlsCertFile and tlsKeyFile go together");
-    }
-    return { cert: readFileSync(config.tlsCertFile, "utf8"), key: readFileSync(config.tlsKeyFile, "utf8"), minVersion: config.tlsMinVersion };
-  }
-  if (config.autoTls !== true) return undefined;
-  const { generateSelfSignedCertificate, writeAutoTlsFiles } = await import("../transports/rest/autotls.js");
-  const wildcard = config.listenHost === "0.0.0.0" || config.listenHost === "::";
-  const ip = config.advertiseHost ?? (wildcard ? firstExternalAddress() : config.listenHost);
-  const pair = generateSelfSignedCertificate({ ip, hostname: hostname(), curve: config.tlsCurve });
-  const files = await writeAutoTlsFiles(config.tlsDir, pair);
-  log.info({ ip, ...files }, "auto-TLS certificate generated");
-  return { cert: pair.certPem, key: pair.keyPem, minVersion: config.tlsMinVersion };
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -139,7 +107,11 @@ async function main(argv: string[]): Promise<void> {
 
   try {
     if (config.standalone) cleanup = await startStandalone(config, log);
-    else cleanup = await startWithIronic(config, log, startup.signal, (c) => (cleanup = c));
+    else {
+      // Loaded only when working with Ironic: a standalone agent starts without it.
+      const { startWithIronic } = await import("./start-ironic.js");
+      cleanup = await startWithIronic(config, log, startup.signal, (c) => (cleanup = c));
+    }
   } catch (err) {
     // Stopped during start-up: stop() exits the process.
     if (startup.signal.aborted) return;
@@ -156,104 +128,6 @@ async function startStandalone(config: AgentConfig, log: Logger): Promise<() => 
   const { address, port } = rest.address();
   log.info({ url: `${rest.scheme}://${address}:${port}`, version: config.version, standalone: config.standalone }, "agent ready");
   return () => agent.stop();
-}
-
-/** A command context for manager calls the agent makes on its own (inspection), outside any command. */
-function internalContext(log: Logger, signal: AbortSignal | undefined): CommandContext {
-  return {
-    id: randomUUID(),
-    name: "ironic.inspection",
-    signal: signal ?? new AbortController().signal,
-    log,
-    progress: () => undefined,
-    invoke: () => Promise.reject(new AgentError("INTERNAL", "commands cannot be invoked during inspection")),
-  };
-}
-
-/** TLS for the API when working with Ironic: static files, auto-TLS (its PEM goes out as agent_verify_ca), or none. */
-async function ironicTls(config: AgentConfig, session: IronicSession, log: Logger): Promise<{ tls: RestTlsOptions | undefined; verifyCa: string | undefined }> {
-  const minVersion = config.tlsMinVersion === "TLSv1.3" || session.tlsMinVersion === "TLSv1.3" ? "TLSv1.3" : "TLSv1.2";
-  if (config.tlsCertFile !== undefined || config.tlsKeyFile !== undefined) {
-    const fixed = await tlsOptions(config, log);
-    return { tls: fixed === undefined ? undefined : { ...fixed, minVersion }, verifyCa: undefined };
-  }
-  if (!useAutoTls(config, session, log)) return { tls: undefined, verifyCa: undefined };
-  const { generateSelfSignedCertificate, parseIpAddress, writeAutoTlsFiles } = await import("../transports/rest/autotls.js");
-  try {
-    parseIpAddress(session.advertiseHost);
-  } catch (err) {
-    throw new AgentError(
-      "CONFIG_INVALID",
-      `auto-TLS certifies an IP address, and the advertise host ${JSON.stringify(session.advertiseHost)} is not one (${(err as Error).message}): ` +
-        "set ipa-advertise-host to an IP address, or turn autoTls off",
-      { cause: err },
-    );
-  }
-  const pair = generateSelfSignedCertificate({ ip: session.advertiseHost, hostname: hostname(), curve: config.tlsCurve });
-  const files = await writeAutoTlsFiles(config.tlsDir, pair);
-  log.info({ ip: session.advertiseHost, ...files }, "auto-TLS certificate generated; it goes to Ironic as agent_verify_ca");
-  return { tls: { cert: pair.certPem, key: pair.keyPem, minVersion }, verifyCa: pair.certPem };
-}
-
-/**
- * Start-up with Ironic (docs/ironic.md): lookup before the API listens, the token set before the first
- * request can come in, heartbeats once it listens.
- */
-async function startWithIronic(
-  config: AgentConfig,
-  log: Logger,
-  signal: AbortSignal,
-  setCleanup: (cleanup: () => Promise<void>) => void,
-): Promise<() => Promise<void>> {
-  if (config.apiUrls.length === 0) {
-    throw new AgentError("CONFIG_INVALID", "no Ironic API URL: set ipa-api-url on the kernel command line (or --api-url), or start with --standalone");
-  }
-  const run = execRunner;
-  const utilities = await createUtilities({ config, log });
-  const session = await connectToIronic({
-    config,
-    log,
-    run,
-    signal,
-    macs: async (s) => (await collectInterfaces({ run, fs: new HostFs("/"), signal: s, timeoutMs: 10_000 })).map((i) => i.mac_address),
-    collectors: {
-      inventory: (s) => utilities.registry.dispatch("list_hardware_info", { node: null, ports: [], args: {}, ctx: internalContext(log, s) }),
-      managers: () => utilities.registry.managers(),
-      systemLogs: (s) => collectSystemLogs({ run, ...(s === undefined ? {} : { signal: s }) }),
-      run,
-      log,
-    },
-  });
-  // Hardware managers see the node as Ironic gave it (root device hints, ...), as IPA caches it.
-  utilities.state.nodeInfo = session.lookup.node;
-  const { tls, verifyCa } = await ironicTls(config, session, log);
-  const rest = new RestTransport({ host: config.listenHost, port: config.listenPort, log, tls, requireTokenOnGet: config.requireTokenOnGet });
-  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest] });
-  // Set before the API listens: no command is ever served without the token.
-  if (session.token.kind === "use") agent.setToken(session.token.token);
-  await agent.start();
-  setCleanup(() => agent.stop());
-  signal.throwIfAborted();
-  const { address, port } = rest.address();
-  if (tls !== undefined && config.advertiseProtocol === "http") log.warn("advertiseProtocol is http but the API serves HTTPS: the callback URL says https");
-  const protocol = tls !== undefined ? "https" : (config.advertiseProtocol ?? "http");
-  const callback = callbackUrl(protocol, session.advertiseHost, config.advertisePort ?? port);
-  const heartbeats: HeartbeatHandle | undefined = startHeartbeats({ session, agent, callbackUrl: callback, verifyCa, log });
-  log.info(
-    {
-      url: `${rest.scheme}://${address}:${port}`,
-      callbackUrl: callback,
-      node: session.lookup.nodeUuid,
-      version: config.version,
-      standalone: false,
-      lockedDown: session.token.kind !== "use",
-    },
-    "agent ready",
-  );
-  return async () => {
-    await heartbeats?.stop();
-    await agent.stop();
-  };
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
