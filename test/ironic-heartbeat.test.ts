@@ -23,21 +23,13 @@ import { generateSelfSignedCertificate } from "../transports/rest/autotls.js";
 import { RestTransport, type RestTlsOptions } from "../transports/rest/server.js";
 import { execRunner } from "../utilities/exec.js";
 import { createUtilities } from "../utilities/index.js";
-import { FAKE_NODE_UUID, FakeIronic, type FakeIronicOptions } from "./helpers/fake-ironic.js";
+import { FAKE_NODE_UUID, FakeIronic, fakeIronics } from "./helpers/fake-ironic.js";
 
 const MAC = "52:54:00:12:34:56";
 const log = silentLogger();
 const CALLBACK = "http://127.0.0.1:9999";
 
-const fakes: FakeIronic[] = [];
-async function fake(opts: FakeIronicOptions = {}): Promise<FakeIronic> {
-  const f = await FakeIronic.start({ macs: [MAC], ...opts });
-  fakes.push(f);
-  return f;
-}
-after(async () => {
-  await Promise.all(fakes.map((f) => f.close()));
-});
+const fake = fakeIronics([MAC]);
 
 /** A client that has looked the node up, and the token Ironic gave. */
 async function lookedUp(f: FakeIronic): Promise<{ client: IronicClient; token: string }> {

@@ -5,11 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
 import { ManualClock } from "../core/clock.js";
 import { parseConfig, type ConfigInput } from "../core/config.js";
@@ -31,7 +29,7 @@ import { connectToIronic } from "../ironic/link.js";
 import type { CommandRunner } from "../utilities/exec.js";
 import { HostFs } from "../utilities/inventory/sysfs.js";
 import { collectSystemLogs, parseTar } from "../utilities/logs/index.js";
-import { FAKE_NODE_UUID, FakeIronic, type FakeIronicOptions } from "./helpers/fake-ironic.js";
+import { FAKE_NODE_UUID, FakeIronic, fakeIronics, refusedUrl } from "./helpers/fake-ironic.js";
 import { requireSamples } from "./helpers/samples.js";
 
 const MAC = "02:fc:00:00:00:01";
@@ -49,15 +47,7 @@ const arr = (v: unknown): unknown[] => {
 
 const sample = obj(obj(JSON.parse(readFileSync(join(requireSamples(), "introspection-data-posted.json"), "utf8")))["body"]);
 
-const fakes: FakeIronic[] = [];
-async function fake(opts: FakeIronicOptions = {}): Promise<FakeIronic> {
-  const f = await FakeIronic.start({ macs: [MAC], ...opts });
-  fakes.push(f);
-  return f;
-}
-after(async () => {
-  await Promise.all(fakes.map((f) => f.close()));
-});
+const fake = fakeIronics([MAC]);
 
 function write(root: string, path: string, content: string): void {
   const full = join(root, path);
@@ -108,13 +98,6 @@ function deps(sysRoot: string, extra: Partial<CollectorDeps> = {}): CollectorDep
   };
 }
 
-async function refusedUrl(): Promise<string> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
-}
 
 describe("inspection payload: IPA's shape", () => {
   it("posts the same keys, in the same order and shapes, as IPA's default,logs,pci-devices,numa-topology", async () => {

@@ -4,38 +4,20 @@
  * the token rules.
  */
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { ManualClock, sequenceRandom } from "../core/clock.js";
 import { AgentError } from "../core/errors.js";
 import { silentLogger } from "../core/log.js";
 import { IronicClient, type LookupConfig, versionHeader } from "../ironic/client.js";
 import { backoffMs, lookupNode } from "../ironic/lookup.js";
 import { decideToken, MASKED_TOKEN } from "../ironic/token.js";
-import { FAKE_NODE_UUID, FakeIronic } from "./helpers/fake-ironic.js";
+import { FAKE_NODE_UUID, fakeIronics, refusedUrl } from "./helpers/fake-ironic.js";
 
 const MAC = "52:54:00:12:34:56";
 const log = silentLogger();
 
-/** A loopback URL nothing listens on: connections are refused. */
-async function refusedUrl(): Promise<string> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
-}
 
-const fakes: FakeIronic[] = [];
-async function fake(opts: Parameters<typeof FakeIronic.start>[0] = {}): Promise<FakeIronic> {
-  const f = await FakeIronic.start({ macs: [MAC], ...opts });
-  fakes.push(f);
-  return f;
-}
-after(async () => {
-  await Promise.all(fakes.map((f) => f.close()));
-});
+const fake = fakeIronics([MAC]);
 
 function client(urls: string[], extra: Partial<ConstructorParameters<typeof IronicClient>[0]> = {}): IronicClient {
   return new IronicClient({ apiUrls: urls, log, requestTimeoutMs: 5_000, ...extra });

@@ -22,6 +22,7 @@ import { EventEmitter } from "node:events";
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
+import { after } from "node:test";
 
 export const FAKE_NODE_UUID = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
 
@@ -323,4 +324,29 @@ export class FakeIronic extends EventEmitter {
     }
     return this.error(res, 404, "The resource could not be found.");
   }
+}
+
+/**
+ * Fake Ironics for one test file, closed when the file ends: `const fake = fakeIronics([MAC])`, then
+ * `await fake({...})` in each test.
+ */
+export function fakeIronics(macs: readonly string[]): (opts?: FakeIronicOptions) => Promise<FakeIronic> {
+  const started: FakeIronic[] = [];
+  after(async () => {
+    await Promise.all(started.map((f) => f.close()));
+  });
+  return async (opts = {}) => {
+    const f = await FakeIronic.start({ macs: [...macs], ...opts });
+    started.push(f);
+    return f;
+  };
+}
+
+/** A loopback URL nothing listens on: connections are refused. */
+export async function refusedUrl(): Promise<string> {
+  const srv = createHttpServer();
+  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return `http://127.0.0.1:${port}`;
 }
