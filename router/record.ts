@@ -9,8 +9,8 @@ export class CommandRecord {
   result: Json = null;
   lastProgress: ProgressBody | undefined;
   finishedAt: number | undefined;
-  readonly done: Promise<void>;
-  private resolveDone!: () => void;
+  private donePromise: Promise<void> | undefined;
+  private resolveDone: (() => void) | undefined;
 
   constructor(
     readonly id: string,
@@ -22,10 +22,18 @@ export class CommandRecord {
     readonly createdAt: number,
     /** Shown in list() (GET /v1/commands); control commands are not. */
     readonly listed: boolean = true,
-  ) {
-    this.done = new Promise((resolve) => {
-      this.resolveDone = resolve;
-    });
+  ) {}
+
+  /** Settles when the command has finished; made on first use (most commands finish before anyone asks). */
+  get done(): Promise<void> {
+    if (this.donePromise === undefined) {
+      this.donePromise = this.finished
+        ? Promise.resolve()
+        : new Promise((resolve) => {
+            this.resolveDone = resolve;
+          });
+    }
+    return this.donePromise;
   }
 
   get finished(): boolean {
@@ -38,7 +46,7 @@ export class CommandRecord {
     this.result = result;
     this.error = error;
     this.finishedAt = now;
-    this.resolveDone();
+    this.resolveDone?.();
     return true;
   }
 

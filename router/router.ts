@@ -197,34 +197,26 @@ export class Router {
     this.seenHead = (this.seenHead + 1) % this.opts.idHistory;
   }
 
-  private context(record: CommandRecord, signal: () => AbortSignal, log: () => Logger): CommandContext {
-    return {
-      id: record.id,
-      name: record.fullName,
-      get signal() {
-        return signal();
-      },
-      get log() {
-        return log();
-      },
-      progress: (update: ProgressUpdate) => {
-        if (record.finished) return;
-        const body: ProgressBody = { command_id: record.id, command_name: record.fullName, ...update };
-        record.lastProgress = body;
-        for (const l of this.listeners.progress) this.safely(() => l(record, body));
-      },
-      invoke: async (name: string, params: JsonObject) => {
-        const { def } = this.resolve(name);
-        def.validate?.(params);
-        if (def.destructive && !this.opts.allowDestructive) {
-          throw new AgentError("DESTRUCTIVE_NOT_ALLOWED", `${name} is destructive and allow_destructive is off`);
-        }
-        signal().throwIfAborted();
-        const inner = this.context(record, signal, () => log().child({ invoked: name }));
-        return toJson(await def.execute(params, { ...inner, name }), def.mode, name.slice(name.indexOf(".") + 1));
-      },
-    };
+  /** @internal RunContext.progress */
+  emitProgress(record: CommandRecord, update: ProgressUpdate): void {
+    if (record.finished) return;
+    const body: ProgressBody = { command_id: record.id, command_name: record.fullName, ...update };
+    record.lastProgress = body;
+    for (const l of this.listeners.progress) this.safely(() => l(record, body));
   }
+
+  /** @internal RunContext.invoke: another command inline, under the running one's lock and signal. */
+  async invokeInner(parent: RunContext, name: string, params: JsonObject): Promise<Json> {
+    const { def } = this.resolve(name);
+    def.validate?.(params);
+    if (def.destructive && !this.opts.allowDestructive) {
+      throw new AgentError("DESTRUCTIVE_NOT_ALLOWED", `${name} is destructive and allow_destructive is off`);
+    }
+    parent.signal.throwIfAborted();
+    const inner = new RunContext(this, parent.record, name, parent.log, { invoked: name }, parent);
+    return toJson(await def.execute(params, inner), def.mode, name.slice(name.indexOf(".") + 1));
+  }
+
 
   /**
    * Runs a recorded command. A command that is done at once (a plain value, or a throw) finishes
@@ -232,13 +224,11 @@ export class Router {
    * deadline and abort handling. Resolves (or returns undefined) once the record is final.
    */
   private execute(record: CommandRecord, def: CommandDefinition, req: SubmitRequest): Promise<void> | undefined {
-    let log: Logger | undefined;
-    const logger = (): Logger => (log ??= this.log.child({ command: record.fullName, commandId: record.id }));
-    let ac: AbortController | undefined;
-    const controller = (): AbortController => (ac ??= new AbortController());
+    const ctx = new RunContext(this, record, record.fullName, this.log, { command: record.fullName, commandId: record.id });
+    const logger = (): Logger => ctx.log;
     let pending: unknown;
     try {
-      pending = def.execute(req.params, this.context(record, () => controller().signal, logger));
+      pending = def.execute(req.params, ctx);
     } catch (err) {
       this.fail(record, err, logger);
       this.settled(record);
@@ -249,7 +239,7 @@ export class Router {
       this.settled(record);
       return undefined;
     }
-    return this.await(record, def, req, controller(), Promise.resolve(pending), logger);
+    return this.await(record, def, req, ctx.controller(), Promise.resolve(pending), logger);
   }
 
   private async await(record: CommandRecord, def: CommandDefinition, req: SubmitRequest, ac: AbortController, handler: Promise<unknown>, logger: () => Logger): Promise<void> {
@@ -316,6 +306,49 @@ export class Router {
     const pending = [...this.running.keys()].map((id) => this.records.get(id)?.done);
     for (const ac of this.running.values()) ac.abort(new AgentError("SHUTTING_DOWN", "agent is stopping"));
     await Promise.all(pending);
+  }
+}
+
+/**
+ * What a running command sees. Its AbortController and child logger are made on first use: a command
+ * done at once never pays for them. An invoked command shares its parent's controller.
+ */
+class RunContext implements CommandContext {
+  private ac: AbortController | undefined;
+  private logger: Logger | undefined;
+
+  constructor(
+    private readonly router: Router,
+    readonly record: CommandRecord,
+    readonly name: string,
+    private readonly parentLog: Logger,
+    private readonly bindings: Record<string, string>,
+    private readonly parent?: RunContext,
+  ) {}
+
+  get id(): string {
+    return this.record.id;
+  }
+
+  controller(): AbortController {
+    if (this.parent !== undefined) return this.parent.controller();
+    return (this.ac ??= new AbortController());
+  }
+
+  get signal(): AbortSignal {
+    return this.controller().signal;
+  }
+
+  get log(): Logger {
+    return (this.logger ??= this.parentLog.child(this.bindings));
+  }
+
+  progress(update: ProgressUpdate): void {
+    this.router.emitProgress(this.record, update);
+  }
+
+  invoke(name: string, params: JsonObject): Promise<Json> {
+    return this.router.invokeInner(this, name, params);
   }
 }
 

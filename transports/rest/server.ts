@@ -222,46 +222,47 @@ export class RestTransport implements Transport {
 
   private async handle(req: IncomingMessage, res: ServerResponse, agent: AgentPort): Promise<void> {
     const method = req.method ?? "GET";
-    let url = new URL("http://placeholder/");
+    // A request target is origin-form here ("/path?query"): split it rather than build a URL object
+    // per request; the path is matched literally, as IPA's router does.
+    const target = req.url ?? "/";
+    const q = target.indexOf("?");
+    const pathname = q < 0 ? target : target.slice(0, q);
+    const query = q < 0 ? "" : target.slice(q);
+    const searchParams = new URLSearchParams(query);
     try {
-      try {
-        url = new URL(req.url ?? "/", "http://placeholder");
-      } catch {
-        throw fault(400, "400 Bad Request: The request URL could not be parsed.");
-      }
-      const query = url.search;
-      let path = url.pathname;
+      if (!pathname.startsWith("/")) throw fault(400, "400 Bad Request: The request URL could not be parsed.");
+      let path = pathname;
       if (path === "/") return this.onlyGet(method, () => this.sendJson(res, 200, this.root(req)));
       if (path === "/v1") return this.redirect(req, res, "/v1/", query);
       if (path === "/v1/") return this.onlyGet(method, () => this.sendJson(res, 200, this.v1(req)));
-      if (path === ENVELOPE_PATH) return await this.onEnvelope(req, res, agent, method, url.searchParams);
+      if (path === ENVELOPE_PATH) return await this.onEnvelope(req, res, agent, method, searchParams);
       if (path.startsWith("/v1/")) path = path.slice(3);
       if (path === "/status") {
         return this.onlyGet(method, () => this.sendJson(res, 200, { started_at: agent.startedAt, version: agent.version }));
       }
-      if (path === "/commands") return this.redirect(req, res, `${url.pathname}/`, query);
+      if (path === "/commands") return this.redirect(req, res, `${pathname}/`, query);
       if (path === "/commands/") {
         if (method === "GET") {
-          this.checkToken(agent, url.searchParams, method);
+          this.checkToken(agent, searchParams, method);
           return this.sendJson(res, 200, { commands: agent.list().map((h) => h.toJSON()) });
         }
-        if (method === "POST") return await this.onPost(req, res, agent, url.searchParams);
+        if (method === "POST") return await this.onPost(req, res, agent, searchParams);
         throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
       }
       if (path.startsWith("/commands/") && path.indexOf("/", "/commands/".length) < 0) {
         if (method !== "GET") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
-        this.checkToken(agent, url.searchParams, method);
+        this.checkToken(agent, searchParams, method);
         const id = safeDecode(path.slice("/commands/".length));
         const handle = agent.get(id);
         if (handle === undefined) throw fault(404, `Not found: Command Result with id ${id} not found.`);
-        if (url.searchParams.get("wait")?.toLowerCase() === "true") await handle.done;
+        if (searchParams.get("wait")?.toLowerCase() === "true") await handle.done;
         return this.sendJson(res, 200, handle.toJSON());
       }
       throw fault(404, `404 Not Found: ${NOT_FOUND}`);
     } catch (err) {
       const f = err instanceof HttpFault ? err : err instanceof AgentError ? new HttpFault(err.status, err.toFault()) : undefined;
       if (f === undefined) throw err;
-      this.log.info({ method, path: url.pathname, status: f.status, fault: f.fault.faultstring }, "request refused");
+      this.log.info({ method, path: pathname, status: f.status, fault: f.fault.faultstring }, "request refused");
       // A refused body may still be arriving; do not keep the connection for it.
       const close = f.status === 413 ? { Connection: "close" } : {};
       this.sendJson(res, f.status, f.fault, close);
