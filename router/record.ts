@@ -18,7 +18,6 @@ export class CommandRecord {
     readonly fullName: string,
     readonly shortName: string,
     readonly mode: CommandMode,
-    readonly exclusive: boolean,
     readonly createdAt: number,
     /** Shown in list() (GET /v1/commands); control commands are not. */
     readonly listed: boolean = true,

@@ -156,7 +156,7 @@ export class Router {
     }
 
     const id = req.id ?? randomUUID();
-    const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, def.exclusive, this.now(), !def.whileBusy);
+    const record = new CommandRecord(id, `${extension}.${command}`, command, def.mode, this.now(), !def.whileBusy);
     this.store(record, req.id !== undefined);
     if (def.exclusive) this.holder = record;
 

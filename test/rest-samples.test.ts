@@ -180,6 +180,24 @@ function assertResult(actual: unknown, expected: unknown): string {
 }
 
 /** Replays a sample and compares status, content type and the exact body (modulo result id / host). */
+/**
+ * Replays a sample whose answer is a result carrying an error: same status and content type, IPA's
+ * result keys, a fresh uuid4, IPA's command name, the given status, no result. Returns both errors.
+ */
+async function replayErrorResult(a: TestAgent, file: string, status: string): Promise<{ err: Record<string, unknown>; ipaErr: Record<string, unknown> }> {
+  const s = sample(file);
+  const r = await replay(a, s);
+  assertStatusAndType(r, s);
+  const b = obj(r.body);
+  const expected = obj(s.body);
+  assert.deepEqual(Object.keys(b).sort(), RESULT_KEYS);
+  assert.match(str(b["id"]), UUID4);
+  assert.equal(b["command_name"], expected["command_name"]);
+  assert.equal(b["command_status"], status);
+  assert.equal(b["command_result"], null);
+  return { err: obj(b["command_error"]), ipaErr: obj(expected["command_error"]) };
+}
+
 async function assertReplayExact(a: TestAgent, file: string): Promise<Reply> {
   const s = sample(file);
   const r = await replay(a, s);
@@ -434,18 +452,7 @@ describe("IPA 9.4.3 samples replayed against the real agent over HTTP", () => {
     });
 
     it("error-clean-version-mismatch.json: same status, error type, code and message; details carry our versions and Ironic's", async () => {
-      const s = sample("error-clean-version-mismatch.json");
-      const r = await replay(a, s);
-      assertStatusAndType(r, s);
-      const expected = obj(s.body);
-      const b = obj(r.body);
-      assert.deepEqual(Object.keys(b).sort(), RESULT_KEYS);
-      assert.match(str(b["id"]), UUID4);
-      assert.equal(b["command_name"], expected["command_name"]);
-      assert.equal(b["command_status"], "CLEAN_VERSION_MISMATCH");
-      assert.equal(b["command_result"], null);
-      const err = obj(b["command_error"]);
-      const ipaErr = obj(expected["command_error"]);
+      const { err, ipaErr } = await replayErrorResult(a, "error-clean-version-mismatch.json", "CLEAN_VERSION_MISMATCH");
       assert.deepEqual(Object.keys(err).sort(), Object.keys(ipaErr).sort());
       assert.equal(err["type"], ipaErr["type"]);
       assert.equal(err["code"], ipaErr["code"]);
@@ -457,18 +464,7 @@ describe("IPA 9.4.3 samples replayed against the real agent over HTTP", () => {
     });
 
     it("error-async-bad-params-failed.json: same status and error type/code/message; details are ours (not Python's TypeError text)", async () => {
-      const s = sample("error-async-bad-params-failed.json");
-      const r = await replay(a, s);
-      assertStatusAndType(r, s);
-      const b = obj(r.body);
-      const expected = obj(s.body);
-      assert.deepEqual(Object.keys(b).sort(), RESULT_KEYS);
-      assert.match(str(b["id"]), UUID4);
-      assert.equal(b["command_name"], expected["command_name"]);
-      assert.equal(b["command_status"], "FAILED");
-      assert.equal(b["command_result"], null);
-      const err = obj(b["command_error"]);
-      const ipaErr = obj(expected["command_error"]);
+      const { err, ipaErr } = await replayErrorResult(a, "error-async-bad-params-failed.json", "FAILED");
       assert.deepEqual({ ...err, details: "" }, { ...ipaErr, details: "" });
       const details = str(err["details"]);
       assert.ok(details.includes("execute_deploy_step()"), details);

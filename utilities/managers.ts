@@ -58,6 +58,8 @@ export interface HardwareManager {
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === "function", "must be a function");
 
+const StepListSchema = z.array(z.object({ step: z.string(), priority: z.number(), interface: z.string(), reboot_requested: z.boolean() }).passthrough()).optional();
+
 /** Shape check for managers that come from vendor packages: their types are not trusted. */
 export const HardwareManagerSchema = z.object({
   name: z.string().min(1),
@@ -66,13 +68,7 @@ export const HardwareManagerSchema = z.object({
   evaluateHardwareSupport: fn,
   initialize: fn.optional(),
   methods: z.record(z.string(), z.object({ destructive: z.boolean().optional(), run: fn })),
-  steps: z
-    .object({
-      clean: z.array(z.object({ step: z.string(), priority: z.number(), interface: z.string(), reboot_requested: z.boolean() }).passthrough()).optional(),
-      deploy: z.array(z.object({ step: z.string(), priority: z.number(), interface: z.string(), reboot_requested: z.boolean() }).passthrough()).optional(),
-      service: z.array(z.object({ step: z.string(), priority: z.number(), interface: z.string(), reboot_requested: z.boolean() }).passthrough()).optional(),
-    })
-    .optional(),
+  steps: z.object({ clean: StepListSchema, deploy: StepListSchema, service: StepListSchema }).optional(),
 });
 
 /** Thrown by a manager method that exists but does not apply to this hardware: try the next manager. */

@@ -67,6 +67,11 @@ function isJsonObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** IPA's POST body: `{"name": "<ext>.<cmd>", "params": {...}}` (an optional `id` is ours). */
+function isCommandBody(value: unknown): value is JsonObject & { name: string; params: JsonObject } {
+  return isJsonObject(value) && typeof value["name"] === "string" && isJsonObject(value["params"]);
+}
+
 export class RestTransport implements Transport {
   readonly kind = "rest";
   private server: Server | undefined;
@@ -293,12 +298,10 @@ export class RestTransport implements Transport {
     } catch (err) {
       parseError = (err as Error).message;
     }
-    const valid = isJsonObject(body) && typeof body["name"] === "string" && isJsonObject(body["params"]);
+    const valid = isCommandBody(body);
     if (busy !== undefined && !valid) throw new AgentError("AGENT_BUSY", `executing command ${busy}`);
     if (parseError !== undefined) throw fault(400, `400 Bad Request: Failed to decode JSON object: ${parseError}`);
-    if (!isJsonObject(body) || typeof body["name"] !== "string" || !isJsonObject(body["params"])) {
-      throw fault(400, "400 Bad Request: Missing or invalid name or params");
-    }
+    if (!isCommandBody(body)) throw fault(400, "400 Bad Request: Missing or invalid name or params");
     const id = typeof body["id"] === "string" && body["id"] !== "" ? body["id"] : undefined;
     const handle = await agent.submit({ id, name: body["name"], params: body["params"], wait: query.get("wait")?.toLowerCase() === "true" });
     this.sendJson(res, 200, handle.toJSON());
