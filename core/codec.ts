@@ -29,6 +29,26 @@ export function formatOf(contentType: string | undefined): WireFormat | undefine
   return undefined;
 }
 
+/**
+ * The wire format of bytes that arrived without a content type (MQTT 3.1.1, a NATS message without
+ * headers): JSON envelopes are objects, so they start with "{" (after optional whitespace); a protobuf
+ * envelope starts with a field tag, never with "{" (0x7b would be field 15 with wire type 3, a
+ * deprecated group start this schema never uses).
+ */
+export function sniffFormat(bytes: Uint8Array): WireFormat {
+  for (let i = 0; i < bytes.byteLength && i < 64; i++) {
+    const b = bytes[i];
+    if (b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d) continue;
+    return b === 0x7b ? "json" : "protobuf";
+  }
+  return "protobuf";
+}
+
+/** The content type to decode bytes with: the wire's, or the sniffed one where the wire has none. */
+export function contentTypeOf(bytes: Uint8Array, wireContentType: string | undefined): string {
+  return wireContentType !== undefined && wireContentType !== "" ? wireContentType : CONTENT_TYPES[sniffFormat(bytes)];
+}
+
 export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 
 // ---- protobuf (lazy) --------------------------------------------------------------------------
@@ -78,6 +98,7 @@ function toProtoObject(env: Envelope): Loose {
   if (env.node !== undefined) out["node"] = env.node;
   if (env.reply_to !== undefined) out["reply_to"] = env.reply_to;
   if (env.correlation_id !== undefined) out["correlation_id"] = env.correlation_id;
+  if (env.token !== undefined) out["token"] = env.token;
   if (env.issued_at !== undefined) out["issued_at"] = env.issued_at;
   if (env.expires_at !== undefined) out["expires_at"] = env.expires_at;
   if (env.sig !== undefined) out["sig"] = { key_id: env.sig.key_id, alg: env.sig.alg, value: Buffer.from(env.sig.value, "base64") };
@@ -117,7 +138,7 @@ function toProtoObject(env: Envelope): Loose {
   return out;
 }
 
-const PROTO_HEADER = ["node", "reply_to", "correlation_id"] as const;
+const PROTO_HEADER = ["node", "reply_to", "correlation_id", "token"] as const;
 
 /** protobufjs's decoded object → the domain/JSON shape, still unvalidated. */
 function fromProtoObject(o: Loose): Loose {

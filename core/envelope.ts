@@ -84,6 +84,8 @@ const headerShape = {
   node: z.string().max(256).optional(),
   reply_to: z.string().max(1024).optional(),
   correlation_id: z.string().max(256).optional(),
+  /** The node's agent token, on transports that carry it in the envelope (buses; REST has ?agent_token=). */
+  token: z.string().max(1024).optional(),
   issued_at: z.number().nonnegative().optional(),
   expires_at: z.number().nonnegative().optional(),
   sig: SignatureSchema.optional(),
