@@ -94,9 +94,11 @@ export interface ControllerLink {
   /**
    * Sends an envelope to agents. Durable where the bus allows: a command to a node that is offline
    * is delivered when it comes back (MQTT persistent session QoS 1, JetStream, the hub's queue).
-   * Resolves once the broker or hub has taken it.
+   * Resolves once the broker or hub has taken it; rejects when it has not (the caller sends again:
+   * the envelope id makes a repeat harmless). `id` is the envelope id, for brokers that de-duplicate
+   * (JetStream's Nats-Msg-Id).
    */
-  send(target: BusTarget, bytes: Uint8Array, contentType: string): Promise<void>;
+  send(target: BusTarget, bytes: Uint8Array, contentType: string, id?: string): Promise<void>;
   close(): Promise<void>;
 }
 
