@@ -112,3 +112,30 @@ export type HelloBody = z.infer<typeof HelloBodySchema>;
 export type EventBody = z.infer<typeof EventBodySchema>;
 export type CommandErrorBody = z.infer<typeof CommandErrorSchema>;
 export type Signature = z.infer<typeof SignatureSchema>;
+
+/** Event names with a meaning on every bus (docs/transports.md). */
+export const EVENTS = {
+  /** Controller → agent: the answer to a hello (JoinData). */
+  join: "ironbus.join",
+  /** Agent → controller, on the status address: the agent is up. */
+  online: "ironbus.online",
+  /** Agent → controller, on the status address (MQTT last will, graceful close): the agent is gone. */
+  offline: "ironbus.offline",
+} as const;
+
+const busName = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/);
+
+/** What a controller answers to an agent's hello. */
+export const JoinDataSchema = z
+  .object({
+    /** The node's identity as the controller knows it (e.g. an Ironic node UUID); informative. */
+    identity: z.string().max(256).optional(),
+    /** The token commands addressed to this node must carry from now on. */
+    token: z.string().min(16).max(1024),
+    /** The token group and fleet commands must carry (one per fleet: a broadcast cannot carry per-node tokens). */
+    broadcast_token: z.string().min(16).max(1024).optional(),
+    groups: z.array(busName).max(64).optional(),
+    heartbeat_interval_s: z.number().min(1).max(3600).optional(),
+  })
+  .strict();
+export type JoinData = z.infer<typeof JoinDataSchema>;

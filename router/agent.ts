@@ -6,10 +6,13 @@ import { randomUUID } from "node:crypto";
 import type { Extension } from "../core/command.js";
 import { CONTENT_TYPES, decodeEnvelope, encodeEnvelope, formatOf, type WireFormat } from "../core/codec.js";
 import type { AgentConfig } from "../core/config.js";
-import type { Envelope, ProgressBody, ResultBody } from "../core/envelope.js";
+import { EVENTS, JoinDataSchema, type Envelope, type EnvelopeOf, type HeartbeatBody, type HelloBody, type JoinData, type ProgressBody, type ResultBody } from "../core/envelope.js";
+import { OPEN_GUARD, type EnvelopeGuard } from "../core/guard.js";
+import { hostname } from "node:os";
+import { timingSafeEqual } from "node:crypto";
 import { AgentError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import type { AgentPort, CommandHandle, EnvelopeReply, SubmitRequest, Transport } from "../core/transport.js";
+import type { AgentPort, CommandHandle, EnvelopeOutcome, EnvelopeReply, ReceiveContext, SubmitRequest, Transport } from "../core/transport.js";
 import { Router } from "./router.js";
 
 export interface AgentOptions {
@@ -18,6 +21,20 @@ export interface AgentOptions {
   readonly extensions: readonly Extension[];
   readonly transports: readonly Transport[];
   readonly now?: () => number;
+  /** Checks and seals envelopes (signatures, replay window, authorisation); default: trusts the transports. */
+  readonly guard?: EnvelopeGuard;
+  /** This agent's node id on the buses; envelopes it sends carry it. */
+  readonly node?: string;
+  /** What the agent announces when it joins a bus (MACs, inventory summary); default: hostname only. */
+  readonly hello?: () => Promise<Omit<HelloBody, "transports" | "version">>;
+}
+
+const REST_CONTEXT: ReceiveContext = { transport: "rest", source: "node", tokenChecked: true };
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.byteLength === y.byteLength && timingSafeEqual(x, y);
 }
 
 export class Agent implements AgentPort {
@@ -26,7 +43,14 @@ export class Agent implements AgentPort {
   readonly startedAt: number;
   readonly standalone: boolean;
   readonly maxMessageBytes: number;
+  readonly node: string | undefined;
   private agentToken: string | undefined;
+  private broadcastToken: string | undefined;
+  private joined: JoinData | undefined;
+  private readonly guard: EnvelopeGuard;
+  private readonly audit: Logger;
+  private readonly helloSource: AgentOptions["hello"];
+  private readonly now: () => number;
   private readonly log: Logger;
   private readonly transports: readonly Transport[];
   private started: Transport[] = [];
@@ -34,6 +58,11 @@ export class Agent implements AgentPort {
   constructor(opts: AgentOptions) {
     const now = opts.now ?? Date.now;
     this.log = opts.log;
+    this.now = now;
+    this.guard = opts.guard ?? OPEN_GUARD;
+    this.audit = opts.log.child({ audit: true });
+    this.node = opts.node;
+    this.helloSource = opts.hello;
     this.version = opts.config.version;
     this.startedAt = now() / 1000;
     this.standalone = opts.config.standalone;
@@ -58,6 +87,23 @@ export class Agent implements AgentPort {
   /** Sets the token once the agent learns it (lookup); commands must carry it from then on. */
   setToken(token: string): void {
     this.agentToken = token;
+  }
+
+  /** The join answer this agent took last, if any. */
+  joinData(): JoinData | undefined {
+    return this.joined;
+  }
+
+  async hello(): Promise<HelloBody> {
+    const base = this.helloSource === undefined ? { macs: [], hostname: hostname(), summary: {} } : await this.helloSource();
+    return { ...base, version: this.version, transports: this.transports.map((t) => t.kind) };
+  }
+
+  heartbeat(seq: number): HeartbeatBody {
+    const busy = this.router.busyWith();
+    const body: HeartbeatBody = { seq, status: busy === undefined ? "idle" : "busy", uptime_s: Math.max(0, this.now() / 1000 - this.startedAt), version: this.version };
+    if (busy !== undefined) body.current_command = busy.fullName;
+    return body;
   }
 
   async start(): Promise<void> {
@@ -111,33 +157,92 @@ export class Agent implements AgentPort {
   }
 
   async handleEnvelope(bytes: Uint8Array, contentType: string | undefined): Promise<EnvelopeReply | undefined> {
+    return (await this.receiveEnvelope(bytes, contentType, REST_CONTEXT)).reply;
+  }
+
+  async receiveEnvelope(bytes: Uint8Array, contentType: string | undefined, ctx: ReceiveContext): Promise<EnvelopeOutcome> {
     const format: WireFormat = formatOf(contentType) ?? "json";
     let request: Envelope | undefined;
     try {
       request = decodeEnvelope(bytes, contentType, this.maxMessageBytes);
+      if (request.kind === "event" && request.body.name === EVENTS.join) return this.join(request, ctx, format);
       if (request.kind !== "command") {
-        throw new AgentError("INVALID_ENVELOPE", `the agent accepts command envelopes, not ${request.kind}`);
+        throw new AgentError("INVALID_ENVELOPE", `the agent accepts command envelopes and join answers, not ${request.kind}`);
       }
+      if (request.node !== undefined && this.node !== undefined && request.node !== this.node && ctx.source === "node") {
+        throw new AgentError("INVALID_ENVELOPE", `command addressed to node ${request.node}, this is ${this.node}`);
+      }
+      this.checkToken(request, ctx);
       const { body } = request;
+      const verdict = this.guard.check(request, ctx, this.router.describe(body.name));
       const handle = await this.router.submit({
         id: request.id,
         name: body.name,
         params: body.params,
-        wait: body.wait,
+        wait: ctx.noWait === true ? false : body.wait,
         timeoutMs: body.timeout_ms,
         expiresAt: request.expires_at,
       });
-      return this.reply(format, { v: 1, id: randomUUID(), kind: "result", correlation_id: request.id, body: handle.toJSON() });
+      if (verdict.keyId !== undefined || this.router.describe(body.name)?.destructive === true) {
+        this.audit.info({ commandId: handle.id, command: body.name, keyId: verdict.keyId ?? null, transport: ctx.transport, source: ctx.source }, "command accepted");
+      }
+      return { reply: this.answer(format, handle.toJSON(), request), request, handle, error: undefined, format };
     } catch (err) {
       const error = AgentError.from(err);
-      this.log.warn({ code: error.code, details: error.details, envelopeId: request?.id, bytes: bytes.byteLength }, "envelope refused");
+      this.log.warn({ code: error.code, details: error.details, envelopeId: request?.id, transport: ctx.transport, bytes: bytes.byteLength }, "envelope refused");
       const answer: Envelope = { v: 1, id: randomUUID(), kind: "error", body: error.toCommandError() };
       if (request !== undefined) answer.correlation_id = request.id;
-      return this.reply(format, answer);
+      if (this.node !== undefined) answer.node = this.node;
+      return { reply: this.reply(format, answer), request, handle: undefined, error, format };
     }
   }
 
+  /** The result envelope answering a command (a bus sends one again when the command finishes). */
+  answer(format: WireFormat, result: ResultBody, request: { readonly id: string }): EnvelopeReply {
+    const env: Envelope = { v: 1, id: randomUUID(), kind: "result", correlation_id: request.id, body: result };
+    if (this.node !== undefined) env.node = this.node;
+    return this.reply(format, env);
+  }
+
+  /** Encodes an envelope the agent sends, signed when the agent signs. */
+  seal(env: Envelope, format: WireFormat): EnvelopeReply {
+    return this.reply(format, env);
+  }
+
+  private checkToken(request: Envelope, ctx: ReceiveContext): void {
+    if (ctx.tokenChecked === true) return;
+    const expected = ctx.source === "node" ? this.agentToken : this.broadcastToken;
+    if (expected === undefined) {
+      // No token for this source: a node token alone does not open the broadcast path.
+      if (ctx.source !== "node" && this.agentToken !== undefined) {
+        throw new AgentError("UNAUTHORIZED", `${ctx.source} commands need the broadcast token, and this agent has none`);
+      }
+      return;
+    }
+    if (request.token === undefined || !safeEqual(request.token, expected)) {
+      throw new AgentError("UNAUTHORIZED", request.token === undefined ? "the envelope carries no agent token" : "wrong agent token");
+    }
+  }
+
+  /**
+   * A controller's answer to this agent's hello: takes the tokens it gives. Accepted while the agent
+   * has no token yet, when it carries the current one (rotation), or when the guard verified its
+   * signature (a trusted key may always re-key the agent).
+   */
+  private join(request: EnvelopeOf<"event">, ctx: ReceiveContext, format: WireFormat): EnvelopeOutcome {
+    if (ctx.source !== "node") throw new AgentError("INVALID_ENVELOPE", "a join answer must be addressed to this node");
+    const parsed = JoinDataSchema.safeParse(request.body.data);
+    if (!parsed.success) throw new AgentError("INVALID_ENVELOPE", `join answer: ${parsed.error.issues[0]?.message ?? "invalid"}`);
+    const verdict = this.guard.check(request, ctx, undefined);
+    if (verdict.keyId === undefined && this.agentToken !== undefined) this.checkToken(request, ctx);
+    this.agentToken = parsed.data.token;
+    if (parsed.data.broadcast_token !== undefined) this.broadcastToken = parsed.data.broadcast_token;
+    this.joined = parsed.data;
+    this.log.info({ identity: parsed.data.identity, groups: parsed.data.groups, keyId: verdict.keyId }, "joined");
+    return { reply: undefined, request, handle: undefined, error: undefined, format, join: parsed.data };
+  }
+
   private reply(format: WireFormat, env: Envelope): EnvelopeReply {
-    return { bytes: encodeEnvelope(env, format), contentType: CONTENT_TYPES[format] };
+    return { bytes: encodeEnvelope(this.guard.seal(env), format), contentType: CONTENT_TYPES[format] };
   }
 }

@@ -105,6 +105,13 @@ export class Router {
     return true;
   }
 
+  /** What the agent knows of a command before running it (for authorisation); undefined when unknown. */
+  describe(name: string): { readonly name: string; readonly destructive: boolean; readonly exclusive: boolean } | undefined {
+    const resolved = this.tryResolve(name);
+    if (resolved === undefined) return undefined;
+    return { name: `${resolved.extension}.${resolved.command}`, destructive: resolved.def.destructive === true, exclusive: resolved.def.exclusive === true };
+  }
+
   private tryResolve(name: string): Resolved | undefined {
     try {
       return this.resolve(name);

@@ -209,7 +209,7 @@ describe("POST /ironbus/v1/envelope", () => {
       it("a non-command envelope gets an error envelope (InvalidContentError/400) correlated to it", async () => {
         const heartbeat: Envelope = { v: 1, id: randomUUID(), kind: "heartbeat", body: { seq: 1, status: "idle", uptime_s: 1, version: "0.1.0" } };
         const err = await exchange(a, heartbeat, format);
-        assertError(err, { type: "InvalidContentError", code: 400, message: "Invalid envelope", details: "the agent accepts command envelopes, not heartbeat" }, heartbeat.id);
+        assertError(err, { type: "InvalidContentError", code: 400, message: "Invalid envelope", details: "the agent accepts command envelopes and join answers, not heartbeat" }, heartbeat.id);
         const result: Envelope = {
           v: 1,
           id: randomUUID(),
