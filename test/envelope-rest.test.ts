@@ -216,7 +216,7 @@ describe("POST /ironbus/v1/envelope", () => {
           kind: "result",
           body: { id: "c", command_name: "x", command_status: "SUCCEEDED", command_error: null, command_result: null },
         };
-        assertError(await exchange(a, result, format), { type: "InvalidContentError", code: 400, message: "Invalid envelope", details: "the agent accepts command envelopes, not result" }, result.id);
+        assertError(await exchange(a, result, format), { type: "InvalidContentError", code: 400, message: "Invalid envelope", details: "the agent accepts command envelopes and join answers, not result" }, result.id);
         await assertServing();
       });
 
