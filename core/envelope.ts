@@ -136,6 +136,14 @@ export const JoinDataSchema = z
     broadcast_token: z.string().min(16).max(1024).optional(),
     groups: z.array(busName).max(64).optional(),
     heartbeat_interval_s: z.number().min(1).max(3600).optional(),
+    /**
+     * Controller keys the agent trusts from now on ("keyId:base64", as the trustedKeys setting): taken on
+     * first use by an agent that trusts none, else only from an answer signed by a trusted key, and then
+     * they replace the agent's keys (rotation). docs/security.md.
+     */
+    trusted_keys: z.array(z.string().max(512)).min(1).max(32).optional(),
+    /** Scopes of those keys ("keyId=scope", as the keyScopes setting); a key without one may run everything. */
+    key_scopes: z.array(z.string().max(2048)).max(32).optional(),
   })
   .strict();
 export type JoinData = z.infer<typeof JoinDataSchema>;

@@ -46,6 +46,12 @@ export const ERROR_CODES = {
   HEARTBEAT_FAILED: { status: 500, ipaType: "HeartbeatError", message: "Error heartbeating to agent API" },
   ADVERTISE_ADDRESS_NOT_FOUND: { status: 500, ipaType: "LookupAgentIPError", message: "Error finding IP for Ironic Agent" },
   INSPECTION_FAILED: { status: 500, ipaType: "InspectionError", message: "Failure in inspection" },
+  SIGNATURE_REQUIRED: { status: 401, ipaType: "SignatureRequired", message: "A signed envelope is required" },
+  SIGNATURE_INVALID: { status: 401, ipaType: "SignatureInvalid", message: "Invalid signature" },
+  INVALID_VALIDITY_WINDOW: { status: 400, ipaType: "InvalidValidityWindow", message: "Invalid validity window" },
+  REPLAYED: { status: 409, ipaType: "ReplayedEnvelope", message: "Envelope already received" },
+  FORBIDDEN: { status: 403, ipaType: "Forbidden", message: "The signing key may not do this" },
+  RATE_LIMITED: { status: 429, ipaType: "TooManyRequests", message: "Too many commands" },
   INTERNAL: { status: 500, ipaType: "CommandExecutionError", message: "Command execution failed" },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

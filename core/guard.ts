@@ -38,6 +38,17 @@ export interface EnvelopeGuard {
   check(env: Envelope, ctx: InboundContext, facts: CommandFacts | undefined): Verdict;
   /** Signs an envelope the agent sends, when the agent is configured to; returns it unchanged otherwise. */
   seal(env: Envelope): Envelope;
+  /**
+   * The agent refused a command check() had accepted, before recording it (busy, not allowed, unknown):
+   * the guard forgets it, so the same envelope offered again (a bus queue waiting for the lock) is not
+   * taken for a replay.
+   */
+  release?(env: Envelope): void;
+  /**
+   * Takes the keys a join answer gives (`trusted_keys`, `key_scopes`); throws AgentError when this
+   * answer may not change them. `verdict` is what check() said of the answer.
+   */
+  updateKeys?(update: { readonly trusted_keys?: readonly string[] | undefined; readonly key_scopes?: readonly string[] | undefined }, verdict: Verdict): void;
 }
 
 /** The guard of an agent that trusts its transports (no keys configured): checks nothing, signs nothing. */
