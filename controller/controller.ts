@@ -85,6 +85,11 @@ export interface ControllerOptions {
    * process only).
    */
   readonly secret?: string;
+  /**
+   * The token commands to a node carry, when it is not the derived one (REST agents have the token
+   * Ironic or their configuration gave them); undefined for broadcasts.
+   */
+  readonly tokenFor?: (node: string | undefined) => string | undefined;
   /** Answer hellos with a join (default true). */
   readonly join?: boolean;
   /** Groups to assign a node when it joins. */
@@ -176,6 +181,12 @@ export class Controller {
     return createHmac("sha256", this.secret).update(`node:${node}`).digest("base64url");
   }
 
+  /** The token a command to `node` carries (undefined: a broadcast, or none). */
+  tokenFor(node: string | undefined): string | undefined {
+    if (this.opts.tokenFor !== undefined) return this.opts.tokenFor(node);
+    return node === undefined ? this.broadcastToken() : this.nodeToken(node);
+  }
+
   /** The token group and fleet commands carry. */
   broadcastToken(): string {
     return createHmac("sha256", this.secret).update("broadcast").digest("base64url");
@@ -246,16 +257,17 @@ export class Controller {
       this.collectors.set(id, collector);
     });
     const issued = this.now();
-    const env = (node: string | undefined, token: string): Envelope => {
+    const env = (node: string | undefined, derived: string): Envelope => {
+      const token = this.opts.tokenFor === undefined ? derived : this.opts.tokenFor(node);
       const e: Envelope = {
         v: 1,
         id,
         kind: "command",
         issued_at: issued,
         expires_at: issued + (opts.expiresInMs ?? opts.deadlineMs),
-        token,
         body: { name, params, ...(wait ? { wait: true } : {}), ...(opts.timeoutMs !== undefined ? { timeout_ms: opts.timeoutMs } : {}) },
       };
+      if (token !== undefined) e.token = token;
       if (node !== undefined) e.node = node;
       if (opts.replyTo !== undefined) e.reply_to = opts.replyTo;
       return e;

@@ -135,7 +135,7 @@ export const JoinDataSchema = z
     /** The token group and fleet commands must carry (one per fleet: a broadcast cannot carry per-node tokens). */
     broadcast_token: z.string().min(16).max(1024).optional(),
     groups: z.array(busName).max(64).optional(),
-    heartbeat_interval_s: z.number().min(1).max(3600).optional(),
+    heartbeat_interval_s: z.number().min(0.05).max(3600).optional(),
     /**
      * Controller keys the agent trusts from now on ("keyId:base64", as the trustedKeys setting): taken on
      * first use by an agent that trusts none, else only from an answer signed by a trusted key, and then

@@ -58,8 +58,9 @@ export function parseScope(text: string, code: ErrorCode = "CONFIG_INVALID"): Sc
   for (const raw of text.split("|")) {
     const t = raw.trim();
     if (t === "all" || t === "non-destructive" || t === "read-only") terms.push({ kind: t });
-    else if (GLOB.test(t)) terms.push({ kind: "glob", pattern: t, re: globToRegExp(t) });
-    else throw new AgentError(code, `scope term ${JSON.stringify(t.slice(0, 80))} is none of all, non-destructive, read-only, or a command glob (A-Z a-z 0-9 _ . - *)`);
+    // A glob names commands, `<extension>.<command>`: without a dot or a star it is a typo of a class.
+    else if (GLOB.test(t) && (t.includes(".") || t.includes("*"))) terms.push({ kind: "glob", pattern: t, re: globToRegExp(t) });
+    else throw new AgentError(code, `scope term ${JSON.stringify(t.slice(0, 80))} is none of all, non-destructive, read-only, or a command glob like standby.* (A-Z a-z 0-9 _ . - *)`);
   }
   return { terms, text: terms.map((t) => (t.kind === "glob" ? t.pattern : t.kind)).join("|") };
 }

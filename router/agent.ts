@@ -136,8 +136,23 @@ export class Agent implements AgentPort {
     return this.router.busyWith()?.shortName;
   }
 
+  /**
+   * IPA's POST /v1/commands: an unsigned command, so the guard refuses it where signatures are
+   * required. Not async: the answer must not wait extra turns (an async command answers RUNNING).
+   */
   submit(req: SubmitRequest): Promise<CommandHandle> {
-    return this.router.submit(req);
+    const facts = this.router.describe(req.name);
+    try {
+      this.guard.check({ v: 1, id: req.id ?? randomUUID(), kind: "command", body: { name: req.name, params: req.params } }, REST_CONTEXT, facts);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const pending = this.router.submit(req);
+    if (facts?.destructive !== true) return pending;
+    return pending.then((handle) => {
+      this.audit.info({ commandId: handle.id, command: req.name, keyId: null, transport: "rest", source: "node" }, "command accepted");
+      return handle;
+    });
   }
 
   get(id: string): CommandHandle | undefined {
@@ -175,14 +190,21 @@ export class Agent implements AgentPort {
       this.checkToken(request, ctx);
       const { body } = request;
       const verdict = this.guard.check(request, ctx, this.router.describe(body.name));
-      const handle = await this.router.submit({
-        id: request.id,
-        name: body.name,
-        params: body.params,
-        wait: ctx.noWait === true ? false : body.wait,
-        timeoutMs: body.timeout_ms,
-        expiresAt: request.expires_at,
-      });
+      let handle: CommandHandle;
+      try {
+        handle = await this.router.submit({
+          id: request.id,
+          name: body.name,
+          params: body.params,
+          wait: ctx.noWait === true ? false : body.wait,
+          timeoutMs: body.timeout_ms,
+          expiresAt: request.expires_at,
+        });
+      } catch (err) {
+        // Refused before it was recorded: the same envelope may come again (a bus queue) and is no replay.
+        this.guard.release?.(request);
+        throw err;
+      }
       if (verdict.keyId !== undefined || this.router.describe(body.name)?.destructive === true) {
         this.audit.info({ commandId: handle.id, command: body.name, keyId: verdict.keyId ?? null, transport: ctx.transport, source: ctx.source }, "command accepted");
       }
@@ -210,8 +232,14 @@ export class Agent implements AgentPort {
   }
 
   private checkToken(request: Envelope, ctx: ReceiveContext): void {
-    if (ctx.tokenChecked === true) return;
     const expected = ctx.source === "node" ? this.agentToken : this.broadcastToken;
+    if (ctx.tokenChecked === true) {
+      // The transport checked its own token; one the envelope carries as well must be right too.
+      if (request.token !== undefined && (expected === undefined || !safeEqual(request.token, expected))) {
+        throw new AgentError("UNAUTHORIZED", "wrong agent token in the envelope");
+      }
+      return;
+    }
     if (expected === undefined) {
       // No token for this source: a node token alone does not open the broadcast path.
       if (ctx.source !== "node" && this.agentToken !== undefined) {
@@ -231,10 +259,16 @@ export class Agent implements AgentPort {
    */
   private join(request: EnvelopeOf<"event">, ctx: ReceiveContext, format: WireFormat): EnvelopeOutcome {
     if (ctx.source !== "node") throw new AgentError("INVALID_ENVELOPE", "a join answer must be addressed to this node");
+    // REST agents get their token from Ironic's lookup (or the configuration), never from a join.
+    if (ctx.tokenChecked === true) throw new AgentError("INVALID_ENVELOPE", `join answers come over a bus, not ${ctx.transport}`);
     const parsed = JoinDataSchema.safeParse(request.body.data);
     if (!parsed.success) throw new AgentError("INVALID_ENVELOPE", `join answer: ${parsed.error.issues[0]?.message ?? "invalid"}`);
     const verdict = this.guard.check(request, ctx, undefined);
     if (verdict.keyId === undefined && this.agentToken !== undefined) this.checkToken(request, ctx);
+    if (parsed.data.trusted_keys !== undefined) {
+      if (this.guard.updateKeys !== undefined) this.guard.updateKeys(parsed.data, verdict);
+      else this.log.warn({ keyIds: parsed.data.trusted_keys.length }, "join answer carries trusted_keys, and this agent's guard takes no keys");
+    }
     this.agentToken = parsed.data.token;
     if (parsed.data.broadcast_token !== undefined) this.broadcastToken = parsed.data.broadcast_token;
     this.joined = parsed.data;

@@ -11,6 +11,7 @@ import type { JsonObject } from "../../core/envelope.js";
 import { AgentError, type FaultJson } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import type { AgentPort, Transport } from "../../core/transport.js";
+import { EVENTS_PATH, EventStream } from "./events.js";
 
 export interface RestTlsOptions {
   readonly cert: string;
@@ -25,6 +26,8 @@ export interface RestOptions {
   readonly tls?: RestTlsOptions | undefined;
   /** Require the token on GET /v1/commands too (IPA ≥ 12 behaviour); otherwise a GET may omit it. */
   readonly requireTokenOnGet?: boolean;
+  /** Heartbeat interval on GET /ironbus/v1/events streams, in ms (default 30 s). */
+  readonly heartbeatIntervalMs?: number;
 }
 
 const DOCS_URL = "https://docs.openstack.org/ironic-python-agent/";
@@ -77,6 +80,7 @@ export class RestTransport implements Transport {
   private server: Server | undefined;
   private agent: AgentPort | undefined;
   private readonly log: Logger;
+  private readonly streams = new Set<EventStream>();
 
   constructor(private readonly opts: RestOptions) {
     this.log = opts.log.child({ transport: "rest" });
@@ -142,6 +146,7 @@ export class RestTransport implements Transport {
     const server = this.server;
     this.server = undefined;
     if (server === undefined) return;
+    for (const stream of [...this.streams]) stream.end();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeIdleConnections();
@@ -241,6 +246,7 @@ export class RestTransport implements Transport {
       if (path === "/v1") return this.redirect(req, res, "/v1/", query);
       if (path === "/v1/") return this.onlyGet(method, () => this.sendJson(res, 200, this.v1(req)));
       if (path === ENVELOPE_PATH) return await this.onEnvelope(req, res, agent, method, searchParams);
+      if (path === EVENTS_PATH) return this.onEvents(req, res, agent, method, searchParams);
       if (path.startsWith("/v1/")) path = path.slice(3);
       if (path === "/status") {
         return this.onlyGet(method, () => this.sendJson(res, 200, { started_at: agent.startedAt, version: agent.version }));
@@ -331,6 +337,19 @@ export class RestTransport implements Transport {
     }
     res.writeHead(200, { "Content-Type": reply.contentType, "Content-Length": reply.bytes.byteLength });
     res.end(reply.bytes);
+  }
+
+  /** GET /ironbus/v1/events: the pushed messages (hello, heartbeats, progress, results) as a framed stream. */
+  private onEvents(req: IncomingMessage, res: ServerResponse, agent: AgentPort, method: string, query: URLSearchParams): void {
+    if (method !== "GET") throw fault(405, `405 Method Not Allowed: ${NOT_ALLOWED}`);
+    const header = req.headers["x-ironbus-token"];
+    if (typeof header === "string" && !query.has("agent_token")) query.set("agent_token", header);
+    // The stream carries every result: it needs the token like a POST does.
+    this.checkToken(agent, query, "POST");
+    const format = query.get("format") ?? "json";
+    if (format !== "json" && format !== "protobuf") throw fault(400, "400 Bad Request: format must be json or protobuf");
+    const stream = new EventStream(res, agent, format, this.opts.heartbeatIntervalMs ?? 30_000, this.log, () => this.streams.delete(stream));
+    this.streams.add(stream);
   }
 
   private links(req: IncomingMessage): { href: string; rel: string; type?: string }[] {
