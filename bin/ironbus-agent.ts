@@ -12,6 +12,9 @@ import { Agent } from "../router/agent.js";
 import { RestTransport } from "../transports/rest/server.js";
 import { createUtilities } from "../utilities/index.js";
 import { tlsOptions } from "./tls.js";
+import type { Transport } from "../core/transport.js";
+import { busTransports, helloSource, nodeId, wantsBus } from "./bus.js";
+import { createAgentGuard } from "./guard.js";
 
 const USAGE = `Usage: ironbus-agent [options]
 
@@ -122,11 +125,25 @@ async function main(argv: string[]): Promise<void> {
 async function startStandalone(config: AgentConfig, log: Logger): Promise<() => Promise<void>> {
   if (config.agentToken === undefined) log.warn("standalone without --agent-token: the commands API is open to anyone who can reach it");
   const utilities = await createUtilities({ config, log });
-  const rest = new RestTransport({ host: config.listenHost, port: config.listenPort, log, tls: await tlsOptions(config, log), requireTokenOnGet: config.requireTokenOnGet });
-  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest] });
+  const transports: Transport[] = [];
+  let rest: RestTransport | undefined;
+  if (config.transports.includes("rest")) {
+    rest = new RestTransport({
+      host: config.listenHost,
+      port: config.listenPort,
+      log,
+      tls: await tlsOptions(config, log),
+      requireTokenOnGet: config.requireTokenOnGet,
+      heartbeatIntervalMs: config.heartbeatIntervalS * 1000,
+    });
+    transports.push(rest);
+  }
+  const node = wantsBus(config) ? await nodeId(config, log) : config.node;
+  if (node !== undefined && wantsBus(config)) transports.push(...(await busTransports(config, log, node)));
+  const agent = new Agent({ config, log, extensions: utilities.extensions, transports, ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log) });
   await agent.start();
-  const { address, port } = rest.address();
-  log.info({ url: `${rest.scheme}://${address}:${port}`, version: config.version, standalone: config.standalone }, "agent ready");
+  const where = rest === undefined ? {} : { url: `${rest.scheme}://${rest.address().address}:${rest.address().port}` };
+  log.info({ ...where, node, transports: config.transports, version: config.version, standalone: config.standalone }, "agent ready");
   return () => agent.stop();
 }
 

@@ -15,18 +15,8 @@ import { collectInterfaces } from "../utilities/inventory/net.js";
 import { HostFs } from "../utilities/inventory/sysfs.js";
 import { collectSystemLogs } from "../utilities/logs/index.js";
 import { tlsOptions } from "./tls.js";
-
-/** A command context for manager calls the agent makes on its own (inspection), outside any command. */
-function internalContext(log: Logger, signal: AbortSignal | undefined): CommandContext {
-  return {
-    id: randomUUID(),
-    name: "ironic.inspection",
-    signal: signal ?? new AbortController().signal,
-    log,
-    progress: () => undefined,
-    invoke: () => Promise.reject(new AgentError("INTERNAL", "commands cannot be invoked during inspection")),
-  };
-}
+import { busTransports, helloSource, internalContext, nodeId, wantsBus } from "./bus.js";
+import { createAgentGuard } from "./guard.js";
 
 /** TLS for the API when working with Ironic: static files, auto-TLS (its PEM goes out as agent_verify_ca), or none. */
 async function ironicTls(config: AgentConfig, session: IronicSession, log: Logger): Promise<{ tls: RestTlsOptions | undefined; verifyCa: string | undefined }> {
@@ -75,7 +65,7 @@ export async function startWithIronic(
     signal,
     macs: async (s) => (await collectInterfaces({ run, fs: new HostFs("/"), signal: s, timeoutMs: 10_000 })).map((i) => i.mac_address),
     collectors: {
-      inventory: (s) => utilities.registry.dispatch("list_hardware_info", { node: null, ports: [], args: {}, ctx: internalContext(log, s) }),
+      inventory: (s) => utilities.registry.dispatch("list_hardware_info", { node: null, ports: [], args: {}, ctx: internalContext(log, s, "ironic.inspection") }),
       managers: () => utilities.registry.managers(),
       systemLogs: (s) => collectSystemLogs({ run, ...(s === undefined ? {} : { signal: s }) }),
       run,
@@ -86,7 +76,10 @@ export async function startWithIronic(
   utilities.state.nodeInfo = session.lookup.node;
   const { tls, verifyCa } = await ironicTls(config, session, log);
   const rest = new RestTransport({ host: config.listenHost, port: config.listenPort, log, tls, requireTokenOnGet: config.requireTokenOnGet });
-  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest] });
+  // With Ironic, REST always serves (Ironic calls it); configured buses serve besides.
+  const node = wantsBus(config) ? await nodeId(config, log) : config.node;
+  const buses = node === undefined ? [] : await busTransports(config, log, node);
+  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest, ...buses], ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log) });
   // Set before the API listens: no command is ever served without the token.
   if (session.token.kind === "use") agent.setToken(session.token.token);
   await agent.start();
