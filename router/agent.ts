@@ -232,8 +232,14 @@ export class Agent implements AgentPort {
   }
 
   private checkToken(request: Envelope, ctx: ReceiveContext): void {
-    if (ctx.tokenChecked === true) return;
     const expected = ctx.source === "node" ? this.agentToken : this.broadcastToken;
+    if (ctx.tokenChecked === true) {
+      // The transport checked its own token; one the envelope carries as well must be right too.
+      if (request.token !== undefined && (expected === undefined || !safeEqual(request.token, expected))) {
+        throw new AgentError("UNAUTHORIZED", "wrong agent token in the envelope");
+      }
+      return;
+    }
     if (expected === undefined) {
       // No token for this source: a node token alone does not open the broadcast path.
       if (ctx.source !== "node" && this.agentToken !== undefined) {
@@ -253,6 +259,8 @@ export class Agent implements AgentPort {
    */
   private join(request: EnvelopeOf<"event">, ctx: ReceiveContext, format: WireFormat): EnvelopeOutcome {
     if (ctx.source !== "node") throw new AgentError("INVALID_ENVELOPE", "a join answer must be addressed to this node");
+    // REST agents get their token from Ironic's lookup (or the configuration), never from a join.
+    if (ctx.tokenChecked === true) throw new AgentError("INVALID_ENVELOPE", `join answers come over a bus, not ${ctx.transport}`);
     const parsed = JoinDataSchema.safeParse(request.body.data);
     if (!parsed.success) throw new AgentError("INVALID_ENVELOPE", `join answer: ${parsed.error.issues[0]?.message ?? "invalid"}`);
     const verdict = this.guard.check(request, ctx, undefined);
