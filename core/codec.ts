@@ -51,6 +51,24 @@ export function contentTypeOf(bytes: Uint8Array, wireContentType: string | undef
 
 export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Deepest nesting of arrays and objects a decoded envelope may have (free-form JSON included). Far
+ * above anything IPA sends (under 20), far below what would exhaust the stack of the recursive code
+ * that reads envelopes (validation, canonical form, JSON.stringify: a few thousand levels).
+ */
+export const MAX_JSON_DEPTH = 256;
+
+/** Refuses a parsed value nested deeper than MAX_JSON_DEPTH; iterative, so it cannot overflow itself. */
+function checkDepth(value: unknown): void {
+  const stack: Array<{ v: unknown; d: number }> = [{ v: value, d: 1 }];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    const { v, d } = top;
+    if (typeof v !== "object" || v === null) continue;
+    if (d > MAX_JSON_DEPTH) throw new AgentError("INVALID_ENVELOPE", `nested deeper than ${MAX_JSON_DEPTH} levels`);
+    for (const child of Array.isArray(v) ? v : Object.values(v)) if (typeof child === "object" && child !== null) stack.push({ v: child, d: d + 1 });
+  }
+}
+
 // ---- protobuf (lazy) --------------------------------------------------------------------------
 
 const require = createRequire(import.meta.url);
@@ -225,5 +243,6 @@ export function decodeEnvelope(bytes: Uint8Array, contentType: string | undefine
     }
     raw = fromProtoObject(decoded);
   }
+  checkDepth(raw);
   return validateEnvelope(raw);
 }
