@@ -44,7 +44,14 @@ export const SCOPE_ALL: Scope = { terms: [{ kind: "all" }], text: "all" };
  * Commands that are neither exclusive nor destructive but still change what the agent does: never
  * "read-only" (a monitoring key must not cancel a deployment).
  */
-export const STATEFUL_COMMANDS: ReadonlySet<string> = new Set(["agent.cancel_command"]);
+export const STATEFUL_COMMANDS: ReadonlySet<string> = new Set(["agent.cancel_command", "poll.set_node_info"]);
+
+/**
+ * Commands that run the steps or commands their parameters name (erase_devices through
+ * clean.execute_clean_step, anything through flow.start_flow): as destructive as what they are asked
+ * to run, so never "non-destructive" or "read-only". Only `all` or a glob naming them lets a key run them.
+ */
+export const DISPATCHING_COMMANDS: ReadonlySet<string> = new Set(["clean.execute_clean_step", "deploy.execute_deploy_step", "service.execute_service_step", "flow.start_flow"]);
 
 const GLOB = /^[A-Za-z0-9_.*-]{1,256}$/;
 
@@ -87,10 +94,10 @@ export function scopeAllows(scope: Scope, name: string, facts: CommandFacts | un
         return true;
       case "non-destructive":
         // An unknown command goes on to be refused as unknown, with its own error.
-        if (facts === undefined || !facts.destructive) return true;
+        if (facts === undefined || (!facts.destructive && !DISPATCHING_COMMANDS.has(facts.name))) return true;
         break;
       case "read-only":
-        if (facts === undefined || (!facts.destructive && !facts.exclusive && !STATEFUL_COMMANDS.has(facts.name))) return true;
+        if (facts === undefined || (!facts.destructive && !facts.exclusive && !STATEFUL_COMMANDS.has(facts.name) && !DISPATCHING_COMMANDS.has(facts.name))) return true;
         break;
       case "glob":
         if (term.re.test(full) || term.re.test(name)) return true;

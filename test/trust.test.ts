@@ -193,9 +193,12 @@ describe("signing (core/sign.ts)", () => {
 describe("scopes, keyring, replay memory, token bucket", () => {
   it("scopes: all, non-destructive, read-only (not exclusive, not destructive, not stateful), globs, alternatives", () => {
     const read: CommandFacts = { name: "standby.get_partition_uuids", destructive: false, exclusive: false };
-    const lock: CommandFacts = { name: "clean.execute_clean_step", destructive: false, exclusive: true };
+    const lock: CommandFacts = { name: "image.fetch_something", destructive: false, exclusive: true };
     const erase: CommandFacts = { name: "deploy.erase_devices", destructive: true, exclusive: true };
     const cancel: CommandFacts = { name: "agent.cancel_command", destructive: false, exclusive: false };
+    const setInfo: CommandFacts = { name: "poll.set_node_info", destructive: false, exclusive: false };
+    const cleanStep: CommandFacts = { name: "clean.execute_clean_step", destructive: false, exclusive: true };
+    const flow: CommandFacts = { name: "flow.start_flow", destructive: false, exclusive: true };
     const table: Array<[string, CommandFacts, boolean]> = [
       ["all", erase, true],
       ["non-destructive", lock, true],
@@ -204,9 +207,14 @@ describe("scopes, keyring, replay memory, token bucket", () => {
       ["read-only", lock, false],
       ["read-only", erase, false],
       ["read-only", cancel, false],
+      ["read-only", setInfo, false],
+      ["non-destructive", setInfo, true],
+      ["non-destructive", cleanStep, false],
+      ["non-destructive", flow, false],
+      ["clean.*", cleanStep, true],
       ["standby.*", read, true],
       ["standby.*", lock, false],
-      ["read-only|clean.*", lock, true],
+      ["read-only|clean.*", cleanStep, true],
       ["deploy.erase_devices", erase, true],
       ["deploy.erase_*", erase, true],
       ["deploy.erase", erase, false],
