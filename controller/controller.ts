@@ -57,6 +57,13 @@ export interface CommandOptions {
   readonly onProgress?: (node: string, progress: ProgressBody) => void;
   /** Where agents send the answers, when not to their usual address (e.g. a NATS inbox). */
   readonly replyTo?: string;
+  /**
+   * Sends the command again, addressed to each node that has not answered yet, every this many ms
+   * (default 5000; 0: never). Same id: an agent that has it answers from its stored result and never
+   * runs it twice, so an answer lost on the way (a broker restart, a hub with no controller attached)
+   * is asked for again.
+   */
+  readonly resendMs?: number;
 }
 
 export type NodeAnswer =
@@ -232,6 +239,7 @@ export class Controller {
     const started = this.now();
     const expected = new Set(this.expected(selector));
     const answers = new Map<string, NodeAnswer>();
+    let resend: NodeJS.Timeout | undefined;
     const result = new Promise<FleetAnswer>((resolve) => {
       const timer = setTimeout(() => collector.finish(), opts.deadlineMs);
       const collector: Collector = {
@@ -243,6 +251,7 @@ export class Controller {
         onProgress: opts.onProgress,
         finish: () => {
           clearTimeout(timer);
+          if (resend !== undefined) clearInterval(resend);
           this.collectors.delete(id);
           const pending: string[] = [];
           const silent: string[] = [];
@@ -280,7 +289,21 @@ export class Controller {
     } else {
       await Promise.all([...expected].map((node) => this.deliver({ node }, env(node, this.nodeToken(node)), format, deadline)));
     }
-    if (expected.size > 0 && [...expected].every((n) => this.settled(this.collectors.get(id), n))) this.collectors.get(id)?.finish();
+    const collector = this.collectors.get(id);
+    if (collector !== undefined && expected.size > 0 && [...expected].every((n) => this.settled(collector, n))) collector.finish();
+    const resendMs = opts.resendMs ?? 5000;
+    if (resendMs > 0 && this.collectors.has(id)) {
+      resend = setInterval(() => {
+        const c = this.collectors.get(id);
+        if (c === undefined) return;
+        for (const node of c.expected) {
+          if (this.settled(c, node)) continue;
+          this.log.debug({ id, node }, "no answer yet: sending again");
+          void this.deliver({ node }, env(node, this.nodeToken(node)), format, deadline);
+        }
+      }, resendMs);
+      resend.unref();
+    }
     return result;
   }
 
@@ -302,9 +325,12 @@ export class Controller {
   async deliver(target: BusTarget, env: Envelope, format: WireFormat, deadline: number): Promise<void> {
     const sealed = this.opts.sign?.(env) ?? env;
     const bytes = encodeEnvelope(sealed, format);
+    // The broker de-duplicates the retries of this one delivery (JetStream's Nats-Msg-Id), not a
+    // deliberate second delivery of the same envelope: that one the agent answers from its history.
+    const deliveryId = `${env.id}/${randomUUID()}`;
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.link.send(target, bytes, CONTENT_TYPES[format], env.id);
+        await this.link.send(target, bytes, CONTENT_TYPES[format], deliveryId);
         return;
       } catch (err) {
         const wait = backoffMs(attempt, 100, 2000);
