@@ -170,8 +170,14 @@ export class BusTransport implements Transport {
       const request = outcome.request;
       if (outcome.error?.code === "AGENT_BUSY" && request?.kind === "command") {
         if (retry) return false;
-        this.enqueue({ msg, contentType });
-        return true;
+        if (this.waiting.length < this.opts.maxQueuedCommands) {
+          // Safe with the agent from here on: acknowledged, and run when the lock is free.
+          this.waiting.push({ msg, contentType });
+          msg.ack();
+          return true;
+        }
+        // The queue is full: the agent's own refusal (naming the command holding the lock) goes back.
+        this.log.warn({ queued: this.waiting.length, id: request.id }, "command queue full: refused as busy");
       }
       if (outcome.join !== undefined) this.joined(outcome.join.groups, outcome.join.heartbeat_interval_s);
       const replyTo = request?.reply_to;
@@ -196,28 +202,6 @@ export class BusTransport implements Transport {
     return true;
   }
 
-  private enqueue(w: Waiting): void {
-    if (this.waiting.length >= this.opts.maxQueuedCommands) {
-      this.log.warn({ queued: this.waiting.length }, "command queue full");
-      // Let the agent refuse it: its answer names the command holding the lock.
-      void this.receive(w.msg, w.contentType, true).then((done) => {
-        if (!done) this.refuseBusy(w);
-      });
-      return;
-    }
-    this.waiting.push(w);
-  }
-
-  private refuseBusy(w: Waiting): void {
-    const agent = this.agent;
-    if (agent === undefined) return;
-    const env: Envelope = { v: 1, id: randomUUID(), kind: "error", body: { type: "AgentIsBusy", code: 409, message: "Agent is busy", details: `command queue full (${this.opts.maxQueuedCommands} waiting)` } };
-    if (agent.node !== undefined) env.node = agent.node;
-    const { bytes, contentType } = agent.seal(env, this.format);
-    this.send("error", bytes, contentType, undefined);
-    w.msg.ack();
-  }
-
   /** A command finished: its result goes out, and commands waiting for the lock get their turn. */
   private finished(result: ResultBody): void {
     const route = this.routes.get(result.id);
@@ -240,6 +224,7 @@ export class BusTransport implements Transport {
       while (this.waiting.length > 0 && !this.stopped) {
         const head = this.waiting[0];
         if (head === undefined) break;
+        // Acknowledged when it was queued: a second ack is a no-op on every link.
         const done = await this.receive(head.msg, head.contentType, true);
         if (!done) break;
         this.waiting.shift();
