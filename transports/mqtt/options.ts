@@ -169,6 +169,8 @@ interface WireState extends MqttWire {
   up: boolean;
   /** The broker refused MQTT 5: the next attempt speaks 3.1.1. */
   refusedV5: boolean;
+  /** When the wire went up (performance.now()). */
+  upAt: number;
   error: string | undefined;
   timer: NodeJS.Timeout | undefined;
   /** Inbound QoS 1 packet ids in arrival order; PUBACKs leave in this order (MQTT 4.6). */
@@ -406,6 +408,7 @@ export class MqttConnection {
       closed: false,
       up: false,
       refusedV5: false,
+      upAt: 0,
       error: undefined,
       timer: undefined,
       acks: [],
@@ -452,8 +455,8 @@ export class MqttConnection {
     if (wire.closed || !this.running || this.wire !== wire) return;
     clearTimeout(wire.timer);
     wire.up = true;
+    wire.upAt = performance.now();
     this.current = wire;
-    this.attempt = 0;
     this.log.info({ url: this.options.url, version: wire.version }, "mqtt: link up");
     this.settleOpen();
     this.hooks.up();
@@ -525,6 +528,10 @@ export class MqttConnection {
       this.schedule(0);
       return;
     }
+    // The backoff starts again only after a connection that lasted: one dropped soon after CONNACK
+    // (a broker that accepts and then fails, or two processes taking one client id from each other:
+    // mosquitto 2.0 closes the older connection without a reason) keeps it growing.
+    if (wire.up && performance.now() - wire.upAt >= this.options.reconnectMaxMs) this.attempt = 0;
     const delay = backoffMs(this.attempt++, this.options.reconnectMinMs, this.options.reconnectMaxMs);
     this.log.debug({ delay, reason }, "mqtt: reconnecting");
     this.schedule(delay);
