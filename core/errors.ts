@@ -52,6 +52,7 @@ export const ERROR_CODES = {
   REPLAYED: { status: 409, ipaType: "ReplayedEnvelope", message: "Envelope already received" },
   FORBIDDEN: { status: 403, ipaType: "Forbidden", message: "The signing key may not do this" },
   RATE_LIMITED: { status: 429, ipaType: "TooManyRequests", message: "Too many commands" },
+  BUS_UNAVAILABLE: { status: 503, ipaType: "ServiceUnavailable", message: "The broker or hub cannot be reached" },
   INTERNAL: { status: 500, ipaType: "CommandExecutionError", message: "Command execution failed" },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

@@ -302,7 +302,7 @@ describe("ws bus: hub and links", () => {
     assert.deepEqual(await ctl.gone.next(), { node: "r1", reason: "hub stopping" });
     assert.equal(a.link.connected, false);
     const started = Date.now();
-    await rejectsWith(a.link.publish("heartbeat", json(heartbeat("r1", 1)), CONTENT_TYPES.json), "INTERNAL");
+    await rejectsWith(a.link.publish("heartbeat", json(heartbeat("r1", 1)), CONTENT_TYPES.json), "BUS_UNAVAILABLE");
     assert.ok(Date.now() - started < 100, "publish rejects at once while down");
 
     await hub.start({ host: "127.0.0.1", port, log: silentLogger() });
@@ -348,7 +348,7 @@ describe("ws bus: hub and links", () => {
     const before = process.getActiveResourcesInfo().filter((r) => r !== "CloseReq").length;
     const a = agentLink(`ws://127.0.0.1:${port}`, "nobody", { connectTimeoutMs: 300 });
     const started = Date.now();
-    const err = await rejectsWith(openAgent(a), "INTERNAL");
+    const err = await rejectsWith(openAgent(a), "BUS_UNAVAILABLE");
     const took = Date.now() - started;
     assert.ok(took >= 250 && took < 1500, `took ${took} ms`);
     assert.match(err.message, /no connection to the hub within 300 ms/);
@@ -359,7 +359,7 @@ describe("ws bus: hub and links", () => {
     assert.ok(after <= before, `resources before ${before}, after ${after}: ${process.getActiveResourcesInfo().join(",")}`);
 
     const c = remoteLink(`ws://127.0.0.1:${port}`, { connectTimeoutMs: 200 });
-    await rejectsWith(c.open({ message: () => undefined }), "INTERNAL");
+    await rejectsWith(c.open({ message: () => undefined }), "BUS_UNAVAILABLE");
   });
 
   it("refuses invalid node and group names, before dialling and at the hub", async () => {
@@ -489,6 +489,6 @@ describe("ws bus: hub and links", () => {
     await a.link.publish("hello", proto(hello("t1")), CONTENT_TYPES.protobuf);
     assert.equal((await ctl.inbox.next()).kind, "hello");
     // without the CA the handshake fails until the connect timeout
-    await rejectsWith(openAgent(agentLink(url, "t2", { connectTimeoutMs: 300 })), "INTERNAL");
+    await rejectsWith(openAgent(agentLink(url, "t2", { connectTimeoutMs: 300 })), "BUS_UNAVAILABLE");
   });
 });

@@ -266,7 +266,7 @@ export class MqttConnection {
         const attempt = this.wire;
         const last = attempt === undefined ? this.lastError : (attempt.error ?? "no CONNACK and SUBACK yet");
         this.stop();
-        this.settleOpen(new AgentError("INTERNAL", `mqtt: no connection to ${this.options.url} within ${ms} ms (last error: ${last})`));
+        this.settleOpen(new AgentError("BUS_UNAVAILABLE", `mqtt: no connection to ${this.options.url} within ${ms} ms (last error: ${last})`));
       }, Math.max(0, deadline - Date.now()));
       this.opening = { resolve, reject, timer };
       this.connect();
@@ -276,14 +276,14 @@ export class MqttConnection {
   /** Publishes QoS 1 on the current connection; resolves on PUBACK, rejects at once when down. */
   publish(topic: string, bytes: Uint8Array, contentType: string, retain: boolean): Promise<void> {
     const wire = this.current;
-    if (wire === undefined) return Promise.reject(new AgentError("INTERNAL", `mqtt: not connected to ${this.options.url}`));
+    if (wire === undefined) return Promise.reject(new AgentError("BUS_UNAVAILABLE", `mqtt: not connected to ${this.options.url}`));
     return this.publishOn(wire, topic, bytes, contentType, retain);
   }
 
   /** Publishes QoS 1 on one given connection (used while it is not up yet, and by close()). */
   publishOn(wire: MqttWire, topic: string, bytes: Uint8Array, contentType: string, retain: boolean): Promise<void> {
     const state = wire as WireState;
-    if (state.closed) return Promise.reject(new AgentError("INTERNAL", `mqtt: connection to ${this.options.url} is closed`));
+    if (state.closed) return Promise.reject(new AgentError("BUS_UNAVAILABLE", `mqtt: connection to ${this.options.url} is closed`));
     return new Promise<void>((resolve, reject) => {
       // Settles once: on the PUBACK, or earlier when the connection is lost (onClose calls `fail`).
       const fail = (err: Error): void => {

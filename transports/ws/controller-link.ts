@@ -70,7 +70,7 @@ export class WsControllerLink implements ControllerLink {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(
-          () => reject(new AgentError("INTERNAL", `ws controller link: the hub did not hand over its retained frames within ${timeoutMs} ms`)),
+          () => reject(new AgentError("BUS_UNAVAILABLE", `ws controller link: the hub did not hand over its retained frames within ${timeoutMs} ms`)),
           Math.max(0, timeoutMs - (Date.now() - started)),
         );
       });
@@ -94,7 +94,7 @@ export class WsControllerLink implements ControllerLink {
     }
     const format = formatOf(contentTypeOf(bytes, contentType));
     if (format === undefined) return Promise.reject(new AgentError("UNSUPPORTED_CONTENT_TYPE", `content type ${JSON.stringify(contentType)}`));
-    if (!this.client.connected) return Promise.reject(new AgentError("INTERNAL", "ws controller link is not connected to the hub"));
+    if (!this.client.connected) return Promise.reject(new AgentError("BUS_UNAVAILABLE", "ws controller link is not connected to the hub"));
     this.seq = this.seq >= 0xffffffff ? 1 : this.seq + 1;
     const seq = this.seq;
     let frame: Buffer;
@@ -120,7 +120,7 @@ export class WsControllerLink implements ControllerLink {
   private failPending(why: string): void {
     const waiting = [...this.pending.values()];
     this.pending.clear();
-    for (const p of waiting) p.reject(new AgentError("INTERNAL", why));
+    for (const p of waiting) p.reject(new AgentError("BUS_UNAVAILABLE", why));
   }
 
   private onMessage(data: Buffer): void {

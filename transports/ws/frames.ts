@@ -300,7 +300,7 @@ type WsCtor = typeof WebSocket;
 function refusal(status: number, what: string): AgentError {
   if (status === 401 || status === 403) return new AgentError("UNAUTHORIZED", `hub refused ${what} (HTTP ${status})`);
   if (status === 400 || status === 404) return new AgentError("CONFIG_INVALID", `hub refused ${what} (HTTP ${status})`);
-  return new AgentError("INTERNAL", `hub refused ${what} (HTTP ${status})`);
+  return new AgentError("BUS_UNAVAILABLE", `hub refused ${what} (HTTP ${status})`);
 }
 
 /**
@@ -340,7 +340,7 @@ export class ReconnectingClient {
     const timeoutMs = this.options.connectTimeoutMs ?? 10_000;
     await new Promise<void>((resolve, reject) => {
       const deadline = setTimeout(() => {
-        this.failOpen(new AgentError("INTERNAL", `${this.what}: no connection to the hub within ${timeoutMs} ms${this.lastError ? ` (${this.lastError})` : ""}`));
+        this.failOpen(new AgentError("BUS_UNAVAILABLE", `${this.what}: no connection to the hub within ${timeoutMs} ms${this.lastError ? ` (${this.lastError})` : ""}`));
       }, timeoutMs);
       this.opening = { resolve, reject, deadline };
       this.dial(Ctor);
@@ -351,11 +351,11 @@ export class ReconnectingClient {
   send(frame: Buffer | string, binary: boolean): Promise<void> {
     const ws = this.ws;
     if (ws === undefined || !this.connected) {
-      return Promise.reject(new AgentError("INTERNAL", `${this.what} is not connected to the hub${this.lastError ? ` (${this.lastError})` : ""}`));
+      return Promise.reject(new AgentError("BUS_UNAVAILABLE", `${this.what} is not connected to the hub${this.lastError ? ` (${this.lastError})` : ""}`));
     }
     return new Promise((resolve, reject) => {
       ws.send(frame, { binary }, (err) => {
-        if (err) reject(new AgentError("INTERNAL", `${this.what}: send failed: ${err.message}`, { cause: err }));
+        if (err) reject(new AgentError("BUS_UNAVAILABLE", `${this.what}: send failed: ${err.message}`, { cause: err }));
         else resolve();
       });
     });
@@ -373,7 +373,7 @@ export class ReconnectingClient {
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.stopPing();
-    this.failOpen(new AgentError("INTERNAL", `${this.what} was closed before it connected`));
+    this.failOpen(new AgentError("BUS_UNAVAILABLE", `${this.what} was closed before it connected`));
     const ws = this.ws;
     if (ws === undefined || ws.readyState === 3) return;
     if (this.closed === undefined) {
