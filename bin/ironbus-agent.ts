@@ -140,7 +140,7 @@ async function startStandalone(config: AgentConfig, log: Logger): Promise<() => 
   }
   const node = wantsBus(config) ? await nodeId(config, log) : config.node;
   if (node !== undefined && wantsBus(config)) transports.push(...(await busTransports(config, log, node)));
-  const agent = new Agent({ config, log, extensions: utilities.extensions, transports, ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log) });
+  const agent = new Agent({ config, log, extensions: utilities.extensions, transports, ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log, node) });
   await agent.start();
   const where = rest === undefined ? {} : { url: `${rest.scheme}://${rest.address().address}:${rest.address().port}` };
   log.info({ ...where, node, transports: config.transports, version: config.version, standalone: config.standalone }, "agent ready");

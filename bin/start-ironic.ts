@@ -79,7 +79,7 @@ export async function startWithIronic(
   // With Ironic, REST always serves (Ironic calls it); configured buses serve besides.
   const node = wantsBus(config) ? await nodeId(config, log) : config.node;
   const buses = node === undefined ? [] : await busTransports(config, log, node);
-  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest, ...buses], ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log) });
+  const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [rest, ...buses], ...(node !== undefined ? { node } : {}), hello: helloSource(utilities, log), guard: await createAgentGuard(config, log, node) });
   // Set before the API listens: no command is ever served without the token.
   if (session.token.kind === "use") agent.setToken(session.token.token);
   await agent.start();

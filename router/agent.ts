@@ -211,6 +211,16 @@ export class Agent implements AgentPort {
       return { reply: this.answer(format, handle.toJSON(), request), request, handle, error: undefined, format };
     } catch (err) {
       const error = AgentError.from(err);
+      if (error.code === "REPLAYED" && request?.kind === "command") {
+        // A replay never runs. While the agent still holds the command it answers with what it has
+        // (RUNNING or the result), so a controller that lost an answer may ask again with the very
+        // same signed envelope; an attacker replaying it learns only what the original reply said.
+        const known = this.router.get(request.id);
+        if (known !== undefined) {
+          this.log.info({ envelopeId: request.id, transport: ctx.transport }, "replayed command answered from its stored result, not run");
+          return { reply: this.answer(format, known.toJSON(), request), request, handle: known, error: undefined, format };
+        }
+      }
       this.log.warn({ code: error.code, details: error.details, envelopeId: request?.id, transport: ctx.transport, bytes: bytes.byteLength }, "envelope refused");
       const answer: Envelope = { v: 1, id: randomUUID(), kind: "error", body: error.toCommandError() };
       if (request !== undefined) answer.correlation_id = request.id;

@@ -464,7 +464,7 @@ describe("createGuard(config, log)", () => {
 describe("Agent with a TrustGuard: join answers, busy retries, signed answers", () => {
   const BUS: ReceiveContext = { transport: "test", source: "node", noWait: true };
 
-  function makeAgent(guardOf: (log: ReturnType<typeof silentLogger>) => TrustGuard, extra: { blockGate?: ReturnType<typeof gate> } = {}): { agent: Agent; guard: TrustGuard } {
+  function makeAgent(guardOf: (log: ReturnType<typeof silentLogger>) => TrustGuard, extra: { blockGate?: ReturnType<typeof gate>; resultHistory?: number } = {}): { agent: Agent; guard: TrustGuard } {
     const log = silentLogger();
     const { extension } = securityExtension();
     const block = defineExtension("blocker", {
@@ -478,7 +478,7 @@ describe("Agent with a TrustGuard: join answers, busy retries, signed answers", 
       }),
     });
     const guard = guardOf(log);
-    const agent = new Agent({ config: parseConfig({ standalone: true, allowDestructive: true }), log, extensions: [extension, block], transports: [], guard, node: "n1" });
+    const agent = new Agent({ config: parseConfig({ standalone: true, allowDestructive: true, resultHistory: extra.resultHistory ?? 1000 }), log, extensions: [extension, block], transports: [], guard, node: "n1" });
     return { agent, guard };
   }
 
@@ -547,7 +547,22 @@ describe("Agent with a TrustGuard: join answers, busy retries, signed answers", 
     for (let i = 0; i < 100 && agent.busyWith() !== undefined; i++) await new Promise((r) => setTimeout(r, 5));
     const answer = await send(agent, waiting);
     assert.ok(answer !== undefined && answerMatches(answer, "accepted"), answer === undefined ? "" : describeAnswer(answer));
-    expectError(await send(agent, waiting), "REPLAYED");
+    // A third copy is a replay: answered from the stored result, never run again.
+    const again = await send(agent, waiting);
+    assert.deepEqual(again?.kind === "result" ? again.body.command_result : again, { wiped: 1 });
+    await agent.stop();
+  });
+
+  it("a replay whose result has left the history is refused as REPLAYED, and does not run", async () => {
+    const prov = testKey("prov");
+    const { agent } = makeAgent((log) => new TrustGuard({ log, keys: [parseKeySpec(prov.spec)] }), { resultHistory: 1 });
+    const now = Date.now();
+    const first = signedCommand(prov, WIPE, { device: "x" }, now);
+    const firstAnswer = await send(agent, first);
+    assert.deepEqual(firstAnswer?.kind === "result" ? firstAnswer.body.command_result : firstAnswer, { wiped: 1 });
+    await send(agent, signedCommand(prov, PEEK, {}, now));
+    await send(agent, signedCommand(prov, PEEK, {}, now));
+    expectError(await send(agent, first), "REPLAYED");
     await agent.stop();
   });
 

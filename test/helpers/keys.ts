@@ -182,10 +182,12 @@ export function securityCases(o: CaseOptions): SecurityCase[] {
     { name: "validity window longer than allowed", steps: [{ env: sign(prov, PEEK, {}, { expiresAt: o.now + ttlMs + 60_000 }), expect: "INVALID_VALIDITY_WINDOW" }] },
     { name: "signed without issued_at", steps: [{ env: sign(prov, PEEK, {}, { issuedAt: undefined, expiresAt: undefined }), expect: "INVALID_VALIDITY_WINDOW" }] },
     {
-      name: "replayed: the same signed envelope twice",
+      // The copy never runs: answered from the stored result while the agent holds it (a
+      // controller may ask again that way), refused as REPLAYED once the result has left its history.
+      name: "replayed: the same signed envelope twice runs once",
       steps: [
         { env: replayed, expect: "accepted", runs: "peek" },
-        { env: replayed, expect: "REPLAYED" },
+        { env: replayed, expect: "accepted" },
       ],
     },
     { name: "wrongly authorised: the monitoring key runs a destructive command", steps: [{ env: sign(mon, WIPE, wipe), expect: "FORBIDDEN" }] },
