@@ -2,6 +2,7 @@
 import { silentLogger } from "../../core/log.js";
 import { natsKit } from "../bus/kits.js";
 import { busRig, type Harness } from "./rig.js";
+import { securityConformance } from "./security.js";
 import { conformance } from "./suite.js";
 
 const harness: Harness = {
@@ -15,3 +16,4 @@ const harness: Harness = {
 };
 
 conformance(harness);
+securityConformance(harness);

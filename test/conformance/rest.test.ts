@@ -8,6 +8,7 @@ import { RestTransport } from "../../transports/rest/server.js";
 import { TOKEN } from "../helpers/agent.js";
 import { conformanceExtension } from "./extension.js";
 import { NODE, until, type Harness } from "./rig.js";
+import { securityConformance } from "./security.js";
 import { conformance } from "./suite.js";
 
 export const restHarness: Harness = {
@@ -18,7 +19,7 @@ export const restHarness: Harness = {
     const config = parseConfig({ standalone: true, listenHost: "127.0.0.1", listenPort: 0, agentToken: TOKEN, node: NODE, ...opts.config });
     const { extension, state } = conformanceExtension();
     const rest = new RestTransport({ host: config.listenHost, port: config.listenPort, log, heartbeatIntervalMs: 200 });
-    const agent = new Agent({ config, log, extensions: [extension], transports: [rest], node: NODE, ...(opts.guard ? { guard: opts.guard } : {}) });
+    const agent = new Agent({ config, log, extensions: [extension, ...(opts.extensions ?? [])], transports: [rest], node: NODE, ...(opts.guard ? { guard: opts.guard } : {}) });
     await agent.start();
     const link = new RestControllerLink({ agents: { [NODE]: { url: `http://127.0.0.1:${rest.address().port}`, token: TOKEN, groups: ["conf"] } }, log, format: opts.format });
     const controller = new Controller({ link, log, format: opts.format, join: false, heartbeatIntervalS: 0.2, tokenFor: (node) => (node === undefined ? undefined : TOKEN), ...opts.controller });
@@ -39,3 +40,4 @@ export const restHarness: Harness = {
 };
 
 conformance(restHarness);
+securityConformance(restHarness);

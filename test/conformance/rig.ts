@@ -30,6 +30,8 @@ export interface RigOptions {
   readonly log?: Logger;
   readonly guard?: EnvelopeGuard;
   readonly controller?: Partial<Pick<ControllerOptions, "sign" | "secret">>;
+  /** Extensions the agent serves besides the conformance one. */
+  readonly extensions?: readonly Extension[];
 }
 
 export interface Harness {
@@ -57,7 +59,8 @@ export interface BusPair {
 }
 
 /** A bus rig: an agent with a BusTransport over `pair`, and a controller that has joined it. */
-export async function busRig(name: string, pair: BusPair, opts: RigOptions, extensions: readonly Extension[] = []): Promise<Rig> {
+export async function busRig(name: string, pair: BusPair, opts: RigOptions): Promise<Rig> {
+  const extensions = opts.extensions ?? [];
   const log = opts.log ?? silentLogger();
   const config = parseConfig({ standalone: true, node: NODE, busFormat: opts.format, heartbeatIntervalS: 0.2, ...opts.config });
   const { extension, state } = conformanceExtension();

@@ -4,6 +4,7 @@ import { WsAgentLink } from "../../transports/ws/agent-link.js";
 import { WsControllerLink } from "../../transports/ws/controller-link.js";
 import { WsHub } from "../../transports/ws/hub.js";
 import { busRig, type Harness } from "./rig.js";
+import { securityConformance } from "./security.js";
 import { conformance } from "./suite.js";
 
 function wsHarness(remote: boolean): Harness {
@@ -30,3 +31,4 @@ function wsHarness(remote: boolean): Harness {
 
 conformance(wsHarness(false));
 conformance(wsHarness(true));
+securityConformance(wsHarness(false));
