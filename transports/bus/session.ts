@@ -194,6 +194,9 @@ export class BusTransport implements Transport {
       } else if (outcome.reply !== undefined) {
         this.send(outcome.error !== undefined ? "error" : "result", outcome.reply.bytes, outcome.reply.contentType, replyTo);
       }
+      if (this.log.isLevelEnabled("debug")) {
+        this.log.debug({ id: request?.id, kind: request?.kind, code: outcome.error?.code, answered: outcome.reply !== undefined || handle !== undefined, source: msg.source }, "bus message handled");
+      }
     } catch (err) {
       // receiveEnvelope never throws; this is a bug, logged and answered by nothing.
       this.log.error({ err }, "bus message handling failed");
