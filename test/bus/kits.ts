@@ -19,7 +19,7 @@ export interface Broker {
   stop(): Promise<void>;
   /** Starts it again on the same port, with what it had kept. */
   start(): Promise<void>;
-  agentLink(node: string, log: Logger, groups?: readonly string[]): AgentLink;
+  agentLink(node: string, log: Logger, groups?: readonly string[], connectTimeoutMs?: number): AgentLink;
   /** `name` makes a durable controller session where the bus has one (MQTT). */
   controllerLink(log: Logger, name?: string): ControllerLink;
   dispose(): Promise<void>;
@@ -42,7 +42,7 @@ export const wsKit: Kit = {
     return {
       stop: () => hub.stop(),
       start: () => hub.start({ host: "127.0.0.1", port, log, pingIntervalMs: 1000 }),
-      agentLink: (node, l, groups) => new WsAgentLink({ url, node, log: l, groups, pingIntervalMs: 1000, ...FAST }),
+      agentLink: (node, l, groups, connectTimeoutMs) => new WsAgentLink({ url, node, log: l, groups, pingIntervalMs: 1000, ...FAST, ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}) }),
       // The in-process link survives the hub's restarts: it is the hub's own controller.
       controllerLink: () => hub.link(),
       dispose: () => hub.stop(),
@@ -57,7 +57,8 @@ export const mqttKit: Kit = {
     return {
       stop: () => broker.stop(),
       start: () => broker.start(),
-      agentLink: (node, log, groups) => new MqttAgentLink({ url: broker.url, node, log, groups: groups ?? [], keepaliveS: 5, ...FAST }),
+      agentLink: (node, log, groups, connectTimeoutMs) =>
+        new MqttAgentLink({ url: broker.url, node, log, groups: groups ?? [], keepaliveS: 5, ...FAST, ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}) }),
       controllerLink: (log, name) => new MqttControllerLink({ url: broker.url, log, keepaliveS: 5, ...FAST, ...(name !== undefined ? { clientId: name, persistent: true } : {}) }),
       dispose: () => broker.dispose(),
     };
@@ -71,7 +72,8 @@ export const natsKit: Kit = {
     return {
       stop: () => server.kill(),
       start: () => server.start(),
-      agentLink: (node, log, groups) => new NatsAgentLink({ servers: server.url, node, log, groups: groups ?? [], pingIntervalMs: 1000, ...FAST }),
+      agentLink: (node, log, groups, connectTimeoutMs) =>
+        new NatsAgentLink({ servers: server.url, node, log, groups: groups ?? [], pingIntervalMs: 1000, ...FAST, ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}) }),
       controllerLink: (log) => new NatsControllerLink({ servers: server.url, log, pingIntervalMs: 1000, ...FAST }),
       dispose: () => server.dispose(),
     };

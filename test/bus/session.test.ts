@@ -89,6 +89,28 @@ describe("bus session", () => {
     await broker.dispose();
   });
 
+  it("starts while the hub is away, keeps trying, and joins once it is back", async (t) => {
+    const broker = await wsKit.start(t, log);
+    await broker.stop();
+    const node = `s-${randomUUID().slice(0, 8)}`;
+    const { extension } = conformanceExtension();
+    const link = broker.agentLink(node, log, [], 300);
+    const transport = new BusTransport({ link, format: "json", heartbeatIntervalMs: 200, outboxLimit: 100, maxQueuedCommands: 10, log });
+    const agent = new Agent({ config: parseConfig({ standalone: true, node }), log, extensions: [extension], transports: [transport], node });
+    // The link's first connection attempt gives up (its connect timeout); the agent starts anyway.
+    await agent.start();
+    assert.equal(link.connected, false);
+    await broker.start();
+    const controller = new Controller({ link: broker.controllerLink(log), log, heartbeatIntervalS: 0.2 });
+    await controller.start();
+    await until(() => agent.joinData() !== undefined, 20_000, "the agent to join once the hub is back");
+    const result = await controller.run(node, "conf.echo", { value: 1 }, { deadlineMs: 5000 });
+    assert.equal(result.command_status, "SUCCEEDED");
+    await agent.stop();
+    await controller.stop();
+    await broker.dispose();
+  });
+
   it("marks a node offline when its connection goes, and dead after three silent heartbeat intervals", async (t) => {
     const broker = await wsKit.start(t, log);
     const node = `s-${randomUUID().slice(0, 8)}`;

@@ -5,7 +5,8 @@
  * bytes; the agent (AgentPort) decodes, checks and runs. Neither knows the other's details.
  */
 import { contentTypeOf, type WireFormat } from "../../core/codec.js";
-import type { AgentInbound, AgentLink, AgentSends } from "../../core/bus.js";
+import { backoffMs, type AgentInbound, type AgentLink, type AgentSends } from "../../core/bus.js";
+import { AgentError } from "../../core/errors.js";
 import type { Envelope, ProgressBody, ResultBody } from "../../core/envelope.js";
 import type { Logger } from "../../core/log.js";
 import type { AgentPort, Transport } from "../../core/transport.js";
@@ -61,6 +62,7 @@ export class BusTransport implements Transport {
   private readonly waiting: Waiting[] = [];
   private draining = false;
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
   private heartbeatMs: number;
   private seq = 0;
   private unsubscribe: (() => void)[] = [];
@@ -82,20 +84,48 @@ export class BusTransport implements Transport {
     this.stopped = false;
     this.unsubscribe = [agent.onFinished((r) => this.finished(r)), agent.onProgress((p) => this.progress(p))];
     try {
-      await this.link.open({
-        message: (msg) => this.inbound(msg),
-        up: () => this.up(),
-        down: (reason) => this.log.warn({ reason, kept: this.outbox.size }, "bus link down"),
-      });
+      await this.open();
     } catch (err) {
-      for (const u of this.unsubscribe) u();
-      this.unsubscribe = [];
-      throw err;
+      const error = AgentError.from(err);
+      if (error.code === "CONFIG_INVALID") {
+        for (const u of this.unsubscribe) u();
+        this.unsubscribe = [];
+        throw err;
+      }
+      // A ramdisk that boots while its broker is away keeps trying: the agent starts, its other
+      // transports serve, and this one joins when the broker is back.
+      this.log.warn({ err: error.message }, "bus not reachable at start; retrying in the background");
+      this.retryOpen(0);
     }
+  }
+
+  private open(): Promise<void> {
+    return this.link.open({
+      message: (msg) => this.inbound(msg),
+      up: () => this.up(),
+      down: (reason) => this.log.warn({ reason, kept: this.outbox.size }, "bus link down"),
+    });
+  }
+
+  private retryOpen(attempt: number): void {
+    if (this.stopped) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.open().then(
+        () => this.log.info({ attempts: attempt + 1 }, "bus reachable"),
+        (err: unknown) => {
+          this.log.debug({ err: AgentError.from(err).message, attempt }, "bus still not reachable");
+          this.retryOpen(attempt + 1);
+        },
+      );
+    }, backoffMs(attempt, 1000, 30_000));
+    this.retryTimer.unref();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
     for (const u of this.unsubscribe) u();
