@@ -13,7 +13,7 @@ import type { Envelope, HelloBody, JsonObject } from "../core/envelope.js";
 import { AgentError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Transport } from "../core/transport.js";
-import { BusTransport, statusEnvelope } from "../transports/bus/session.js";
+import { busTransport, statusEnvelope } from "../transports/bus/session.js";
 import { encodeEnvelope, CONTENT_TYPES } from "../core/codec.js";
 import type { Utilities } from "../utilities/index.js";
 import { execRunner } from "../utilities/exec.js";
@@ -140,17 +140,7 @@ export async function busTransports(config: AgentConfig, log: Logger, node: stri
         ...(hasTls ? { tls } : {}),
       });
     }
-    out.push(
-      new BusTransport({
-        link,
-        format: config.busFormat,
-        heartbeatIntervalMs: config.heartbeatIntervalS * 1000,
-        outboxLimit: config.outboxLimit,
-        maxQueuedCommands: config.maxQueuedCommands,
-        groups: config.groups,
-        log,
-      }),
-    );
+    out.push(busTransport(link, config, log));
   }
   return out;
 }

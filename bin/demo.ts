@@ -9,7 +9,7 @@ import type { Json } from "../core/envelope.js";
 import type { Logger } from "../core/log.js";
 import { Controller } from "../controller/controller.js";
 import { Agent } from "../router/agent.js";
-import { BusTransport } from "../transports/bus/session.js";
+import { busTransport } from "../transports/bus/session.js";
 import { WsAgentLink } from "../transports/ws/agent-link.js";
 import { WsHub } from "../transports/ws/hub.js";
 import { createUtilities } from "../utilities/index.js";
@@ -35,7 +35,7 @@ export async function demo(log: Logger): Promise<number> {
   const config = parseConfig({ standalone: true, transports: ["ws"], wsUrl: hub.url(), node: "demo-node", heartbeatIntervalS: 1, logLevel: "warn" });
   const utilities = await createUtilities({ config, log });
   const link = new WsAgentLink({ url: hub.url(), node: "demo-node", log });
-  const bus = new BusTransport({ link, format: "json", heartbeatIntervalMs: 1000, outboxLimit: config.outboxLimit, maxQueuedCommands: config.maxQueuedCommands, log });
+  const bus = busTransport(link, config, log);
   const agent = new Agent({ config, log, extensions: utilities.extensions, transports: [bus], node: "demo-node", hello: helloSource(utilities, log) });
   try {
     await agent.start();

@@ -11,7 +11,7 @@ import type { Logger } from "../../core/log.js";
 import { silentLogger } from "../../core/log.js";
 import { Controller, type ControllerOptions } from "../../controller/controller.js";
 import { Agent } from "../../router/agent.js";
-import { BusTransport } from "../../transports/bus/session.js";
+import { busTransport } from "../../transports/bus/session.js";
 import { conformanceExtension, type ConformanceState } from "./extension.js";
 import type { EnvelopeGuard } from "../../core/guard.js";
 
@@ -64,16 +64,7 @@ export async function busRig(name: string, pair: BusPair, opts: RigOptions): Pro
   const log = opts.log ?? silentLogger();
   const config = parseConfig({ standalone: true, node: NODE, busFormat: opts.format, heartbeatIntervalS: 0.2, ...opts.config });
   const { extension, state } = conformanceExtension();
-  const link = pair.agentLink(NODE);
-  const transport = new BusTransport({
-    link,
-    format: config.busFormat,
-    heartbeatIntervalMs: config.heartbeatIntervalS * 1000,
-    outboxLimit: config.outboxLimit,
-    maxQueuedCommands: config.maxQueuedCommands,
-    groups: config.groups,
-    log,
-  });
+  const transport = busTransport(pair.agentLink(NODE), config, log);
   const controller = new Controller({ link: pair.controllerLink(), log, format: opts.format, heartbeatIntervalS: 0.2, groupsFor: () => ["conf"], ...opts.controller });
   await controller.start();
   const agent = new Agent({ config, log, extensions: [extension, ...extensions], transports: [transport], node: NODE, ...(opts.guard ? { guard: opts.guard } : {}) });

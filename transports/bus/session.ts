@@ -366,6 +366,28 @@ export class BusTransport implements Transport {
   }
 }
 
+/** The settings of a bus session that come from the agent's configuration. */
+export interface BusConfig {
+  readonly busFormat: WireFormat;
+  readonly heartbeatIntervalS: number;
+  readonly outboxLimit: number;
+  readonly maxQueuedCommands: number;
+  readonly groups: readonly string[];
+}
+
+/** A bus session over `link`, set up from the agent's configuration. */
+export function busTransport(link: AgentLink, config: BusConfig, log: Logger): BusTransport {
+  return new BusTransport({
+    link,
+    format: config.busFormat,
+    heartbeatIntervalMs: config.heartbeatIntervalS * 1000,
+    outboxLimit: config.outboxLimit,
+    maxQueuedCommands: config.maxQueuedCommands,
+    groups: config.groups,
+    log,
+  });
+}
+
 /** The status envelope an agent publishes when up, and leaves as its will (or sends on close) when gone. */
 export function statusEnvelope(node: string, online: boolean, seal: (env: Envelope) => { bytes: Uint8Array; contentType: string }): { bytes: Uint8Array; contentType: string } {
   return seal({ v: 1, id: randomUUID(), node, kind: "event", issued_at: Date.now(), body: { name: online ? "ironbus.online" : "ironbus.offline", data: { node } } });
