@@ -93,6 +93,26 @@ for (const kit of KITS) {
       await broker.dispose();
     });
 
+    it("starts an agent while the broker is down; it joins and answers once the broker is up", async (t) => {
+      const broker = await kit.start(t, log);
+      await broker.stop();
+      const node = `n-${randomUUID().slice(0, 8)}`;
+      const config = parseConfig({ standalone: true, node, heartbeatIntervalS: 0.2 });
+      const { extension } = conformanceExtension();
+      const transport = new BusTransport({ link: broker.agentLink(node, log, [], 300), format: "json", heartbeatIntervalMs: 200, outboxLimit: 100, maxQueuedCommands: 10, log });
+      const agent = new Agent({ config, log, extensions: [extension], transports: [transport], node });
+      await agent.start();
+      await broker.start();
+      const controller = new Controller({ link: broker.controllerLink(log), log, heartbeatIntervalS: 0.2 });
+      await controller.start();
+      await until(() => agent.joinData() !== undefined, 30_000, "the agent to join once the broker is up");
+      const result = await controller.run(node, "conf.echo", { value: "late" }, { deadlineMs: 10_000 });
+      assert.equal(result.command_status, "SUCCEEDED");
+      await agent.stop();
+      await controller.stop();
+      await broker.dispose();
+    });
+
     it("reports every answer and every silence of a fleet command, and selects nodes by facts and group", async (t) => {
       const broker = await kit.start(t, log);
       const controller = new Controller({

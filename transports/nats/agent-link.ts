@@ -82,7 +82,7 @@ function contentTypeOf(msg: { readonly headers?: { get(k: string): string } | un
 }
 
 function linkDown(): AgentError {
-  return new AgentError("INTERNAL", "nats: link is down");
+  return new AgentError("BUS_UNAVAILABLE", "nats: link is down");
 }
 
 export class NatsAgentLink implements AgentLink {
@@ -106,7 +106,7 @@ export class NatsAgentLink implements AgentLink {
   #up = false;
   /** Bumped by every disconnect and by close(): async work begun for an older generation stops. */
   #gen = 0;
-  readonly #abort = new AbortController();
+  #abort = new AbortController();
   /** Running pull consumers by consumer name. */
   readonly #pulls = new Map<string, ConsumerMessages>();
   /** Core broadcast subscriptions by subject. */
@@ -159,7 +159,7 @@ export class NatsAgentLink implements AgentLink {
         timer = setTimeout(
           () => {
             const last = this.#lastAttachError === undefined ? "" : `: ${errorText(this.#lastAttachError)}`;
-            reject(new AgentError("INTERNAL", `nats: connected but not subscribed within ${this.#settings.connectTimeoutMs} ms${last}`));
+            reject(new AgentError("BUS_UNAVAILABLE", `nats: connected but not subscribed within ${this.#settings.connectTimeoutMs} ms${last}`));
           },
           Math.max(0, deadline - Date.now()),
         );
@@ -174,7 +174,11 @@ export class NatsAgentLink implements AgentLink {
       this.#state = "open";
     } catch (err) {
       await this.#shutdown(false);
-      this.#state = "closed";
+      // A failed open leaves the link as new: the session tries again later (a broker away at boot).
+      if (this.#state === "opening") {
+        this.#state = "new";
+        this.#abort = new AbortController();
+      }
       throw AgentError.from(err);
     }
   }
@@ -580,7 +584,7 @@ export class NatsAgentLink implements AgentLink {
       session.nc.publish(subject, bytes, { headers: h });
     } catch (err) {
       const tooLarge = /max_payload|too large/i.test(errorText(err));
-      const code = tooLarge ? "MESSAGE_TOO_LARGE" : "INTERNAL";
+      const code = tooLarge ? "MESSAGE_TOO_LARGE" : "BUS_UNAVAILABLE";
       return Promise.reject(new AgentError(code, `nats: publish to ${subject}: ${errorText(err)}`, { cause: err }));
     }
     return this.#flush(session.nc);
@@ -601,7 +605,7 @@ export class NatsAgentLink implements AgentLink {
         if (!this.#flushWaiters.has(settle)) return;
         nc.flush().then(
           () => settle(),
-          (err: unknown) => settle(new AgentError("INTERNAL", `nats: flush failed: ${errorText(err)}`, { cause: err })),
+          (err: unknown) => settle(new AgentError("BUS_UNAVAILABLE", `nats: flush failed: ${errorText(err)}`, { cause: err })),
         );
       });
     });

@@ -98,7 +98,7 @@ export class NatsControllerLink implements ControllerLink {
         timer = setTimeout(
           () => {
             const last = this.#lastError === undefined ? "" : `: ${errorText(this.#lastError)}`;
-            reject(new AgentError("INTERNAL", `nats: connected but JetStream not ready within ${this.#settings.connectTimeoutMs} ms${last}`));
+            reject(new AgentError("BUS_UNAVAILABLE", `nats: connected but JetStream not ready within ${this.#settings.connectTimeoutMs} ms${last}`));
           },
           Math.max(0, deadline - Date.now()),
         );
@@ -123,7 +123,7 @@ export class NatsControllerLink implements ControllerLink {
     const mods = this.#mods;
     const js = this.#js;
     if (this.#state !== "open" || !this.#connected || mods === undefined || js === undefined) {
-      throw new AgentError("INTERNAL", "nats: controller link is down");
+      throw new AgentError("BUS_UNAVAILABLE", "nats: controller link is down");
     }
     const h = mods.core.headers();
     h.set(CONTENT_TYPE_HEADER, contentType);
@@ -138,7 +138,7 @@ export class NatsControllerLink implements ControllerLink {
     } catch (err) {
       published.catch(() => undefined);
       const tooLarge = /max_payload|too large|maximum message size/i.test(errorText(err));
-      throw new AgentError(tooLarge ? "MESSAGE_TOO_LARGE" : "INTERNAL", `nats: send to ${subject}: ${errorText(err)}`, { cause: err });
+      throw new AgentError(tooLarge ? "MESSAGE_TOO_LARGE" : "BUS_UNAVAILABLE", `nats: send to ${subject}: ${errorText(err)}`, { cause: err });
     } finally {
       if (cancel !== undefined) this.#inflight.delete(cancel);
     }
@@ -236,7 +236,7 @@ export class NatsControllerLink implements ControllerLink {
       try {
         const mods = this.#mods;
         const js = this.#js;
-        if (mods === undefined || js === undefined) throw new AgentError("INTERNAL", "nats: not connected");
+        if (mods === undefined || js === undefined) throw new AgentError("BUS_UNAVAILABLE", "nats: not connected");
         const jsm = await js.jetstreamManager(true);
         for (const config of streamConfigs(this.#settings)) await ensureStream(mods, jsm, config, this.#log);
         await this.#replayState(js, gen);

@@ -295,7 +295,7 @@ export async function connectNats(
     await sleep(Math.min(pause, Math.max(0, deadline - Date.now())), signal);
   }
   throw new AgentError(
-    "INTERNAL",
+    "BUS_UNAVAILABLE",
     `nats: no connection to ${settings.servers.join(",")} within ${settings.connectTimeoutMs} ms` +
       (lastError === undefined ? "" : `: ${errorText(lastError)}`),
     lastError === undefined ? {} : { cause: lastError },
