@@ -14,7 +14,8 @@ import { AgentError } from "../../core/errors.js";
 import { createLogger } from "../../core/log.js";
 import { MqttAgentLink, type MqttAgentLinkOptions } from "../../transports/mqtt/agent-link.js";
 import { MqttControllerLink, type MqttControllerLinkEvents, type MqttControllerLinkOptions } from "../../transports/mqtt/controller-link.js";
-import { freePort, mqttProxy, startMosquitto } from "../helpers/mosquitto.js";
+import { mqttProxy, startMosquitto } from "../helpers/mosquitto.js";
+import { freePort } from "../helpers/net.js";
 
 const JSON_CT = CONTENT_TYPES.json;
 const PROTO_CT = CONTENT_TYPES.protobuf;

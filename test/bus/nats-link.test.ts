@@ -15,7 +15,8 @@ import { AgentError } from "../../core/errors.js";
 import { NatsAgentLink, type NatsAgentLinkOptions } from "../../transports/nats/agent-link.js";
 import { NatsControllerLink, type NatsControllerLinkOptions } from "../../transports/nats/controller-link.js";
 import { groupConsumer, nodeConsumer, nodeSubject, outSubject, natsLayout } from "../../transports/nats/layout.js";
-import { freePort, startNatsServer, type NatsServer } from "../helpers/nats-server.js";
+import { startNatsServer, type NatsServer } from "../helpers/nats-server.js";
+import { freePort } from "../helpers/net.js";
 
 const te = new TextEncoder();
 const td = new TextDecoder();
