@@ -264,7 +264,9 @@ export class MqttConnection {
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         const attempt = this.wire;
-        const last = attempt === undefined ? this.lastError : (attempt.error ?? "no CONNACK and SUBACK yet");
+        // An attempt still under way has no error yet: the previous one's (a TLS or password refusal) tells why.
+        const previous = this.attempt > 0 ? `; previous attempt: ${this.lastError}` : "";
+        const last = attempt === undefined ? this.lastError : (attempt.error ?? `no CONNACK and SUBACK yet${previous}`);
         this.stop();
         this.settleOpen(new AgentError("BUS_UNAVAILABLE", `mqtt: no connection to ${this.options.url} within ${ms} ms (last error: ${last})`));
       }, Math.max(0, deadline - Date.now()));

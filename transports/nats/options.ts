@@ -276,7 +276,8 @@ export async function connectNats(
         // Too late or closed meanwhile: a connection that still comes is closed at once.
         connecting.then((late) => late.close()).catch(() => undefined);
         if (signal.aborted) throw new AgentError("SHUTTING_DOWN", "nats: link closed while connecting");
-        lastError = new Error("timeout");
+        // The previous attempt's error, if any, tells why (a certificate the CA did not sign...).
+        lastError = lastError === undefined ? new Error("timeout") : new Error(`timeout; previous attempt: ${errorText(lastError)}`, { cause: lastError });
         break;
       }
       pacer.connected = true;
