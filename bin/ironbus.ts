@@ -20,7 +20,9 @@ Commands:
   nodes                      list the nodes the bus knows, their state and last heartbeat
   send COMMAND [PARAMS]      send a command (PARAMS: a JSON object) and wait for the answers
   watch                      print hellos, heartbeats, progress and results as they arrive
-  hub                        run a WebSocket hub agents and controllers dial (--listen HOST:PORT)
+  hub                        run a WebSocket hub agents and controllers dial (--listen HOST:PORT;
+                             wss:// with --cert-file and --key-file; --ca-file then requires client
+                             certificates signed by that CA)
 
 Where:
   --transport ws|mqtt|nats|rest   (default ws; IRONBUS_TRANSPORT)
@@ -228,8 +230,16 @@ async function hub(v: Values, log: Logger): Promise<number> {
   const m = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(listen);
   if (m === null) die("--listen must be HOST:PORT");
   const { WsHub } = await import("../transports/ws/hub.js");
+  const { readFileSync } = await import("node:fs");
+  const certFile = v["cert-file"];
+  const keyFile = v["key-file"];
+  if ((certFile === undefined) !== (keyFile === undefined)) die("--cert-file and --key-file go together");
+  const tls =
+    certFile !== undefined && keyFile !== undefined
+      ? { cert: readFileSync(certFile, "utf8"), key: readFileSync(keyFile, "utf8"), ...(v["ca-file"] !== undefined ? { clientCa: readFileSync(v["ca-file"], "utf8") } : {}) }
+      : undefined;
   const h = new WsHub();
-  await h.start({ host: m[1] || "0.0.0.0", port: Number(m[2]), log });
+  await h.start({ host: m[1] || "0.0.0.0", port: Number(m[2]), log, ...(tls !== undefined ? { tls } : {}) });
   process.stderr.write(`ironbus hub listening on ${h.url()}\n`);
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);

@@ -322,8 +322,22 @@ describe("transport security with real brokers", () => {
     });
   });
 
-  // The hub's TLS options are a certificate and key only (WsHubTls): it cannot ask for client
-  // certificates, so there is no mutual TLS case here; agents prove who they are with a header.
+  describe("WebSocket: mutual TLS on the hub (clientCa)", () => {
+    it("refuses an agent without a client certificate and accepts one signed by the CA", async () => {
+      const hub = new WsHub();
+      await hub.start({ host: "127.0.0.1", port: 0, log, tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca } });
+      try {
+        const base = { url: hub.url(), log, connectTimeoutMs: REFUSE_MS, ...FAST };
+        await refused(new WsAgentLink({ ...base, node: "ws-mtls-none", tls: { ca: pki.ca } }), "BUS_UNAVAILABLE", /./);
+        const controller = new WsControllerLink({ url: hub.url(), log, tls: { ca: pki.ca, cert: pki.client.cert, key: pki.client.key }, ...FAST });
+        await roundTrip(new WsAgentLink({ ...base, connectTimeoutMs: 10_000, node: "ws-mtls", tls: { ca: pki.ca, cert: pki.client.cert, key: pki.client.key } }), controller, "ws-mtls");
+      } finally {
+        await hub.stop();
+      }
+    });
+  });
+
+  // Agents also prove who they are with a header the hub checks (authorizeAgent).
   describe("WebSocket: our hub on wss:// with an Authorization header check", () => {
     let hub: WsHub;
     let url: string;

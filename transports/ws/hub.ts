@@ -41,6 +41,8 @@ export interface WsHubTls {
   /** PEM certificate chain and key: the hub then serves wss://. */
   readonly cert: string;
   readonly key: string;
+  /** PEM CA(s) client certificates must chain to: mutual TLS, for agents and controllers alike. */
+  readonly clientCa?: string | undefined;
 }
 
 export interface WsHubOptions {
@@ -183,7 +185,15 @@ export class WsHub {
       clientTracking: false,
       maxPayload: this.limits.maxMessageBytes + MAX_FRAME_OVERHEAD,
     });
-    const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }) : createHttpServer();
+    const tls = options.tls;
+    const server = tls
+      ? createHttpsServer({
+          cert: tls.cert,
+          key: tls.key,
+          // Mutual TLS: with a client CA, a client without a certificate signed by it never gets past the handshake.
+          ...(tls.clientCa !== undefined ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+        })
+      : createHttpServer();
     server.on("request", (req, res) => {
       const path = (req.url ?? "/").split("?")[0] ?? "/";
       const status = path === CONTROLLER_PATH || path.startsWith(AGENT_PATH) ? 426 : 404;
