@@ -15,6 +15,8 @@ import { startMosquitto } from "../helpers/mosquitto.js";
 import { startNatsServer } from "../helpers/nats-server.js";
 
 export interface Broker {
+  /** Where agents dial it (ws://, mqtt://, nats://). */
+  readonly url: string;
   /** Stops the broker or hub (its clients lose their connections). */
   stop(): Promise<void>;
   /** Starts it again on the same port, with what it had kept. */
@@ -40,6 +42,7 @@ export const wsKit: Kit = {
     const { port } = hub.address();
     const url = `ws://127.0.0.1:${port}`;
     return {
+      url,
       stop: () => hub.stop(),
       start: () => hub.start({ host: "127.0.0.1", port, log, pingIntervalMs: 1000 }),
       agentLink: (node, l, groups, connectTimeoutMs) => new WsAgentLink({ url, node, log: l, groups, pingIntervalMs: 1000, ...FAST, ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}) }),
@@ -55,6 +58,7 @@ export const mqttKit: Kit = {
   async start(t) {
     const broker = await startMosquitto(t);
     return {
+      url: broker.url,
       stop: () => broker.stop(),
       start: () => broker.start(),
       agentLink: (node, log, groups, connectTimeoutMs) =>
@@ -70,6 +74,7 @@ export const natsKit: Kit = {
   async start(t) {
     const server = await startNatsServer(t);
     return {
+      url: server.url,
       stop: () => server.kill(),
       start: () => server.start(),
       agentLink: (node, log, groups, connectTimeoutMs) =>

@@ -11,6 +11,7 @@
  */
 import type { IClientOptions, IConnackPacket, IPublishPacket, MqttClient } from "mqtt";
 import { backoffMs } from "../../core/bus.js";
+import { interop } from "../../core/interop.js";
 import { AgentError } from "../../core/errors.js";
 import { silentLogger, type Logger } from "../../core/log.js";
 import { DEFAULT_PREFIX, validPrefix } from "./layout.js";
@@ -152,7 +153,7 @@ type MqttModule = typeof import("mqtt");
 let mqttModule: Promise<MqttModule> | undefined;
 
 function loadMqtt(): Promise<MqttModule> {
-  mqttModule ??= import("mqtt");
+  mqttModule ??= import("mqtt").then((m) => interop(m, "connect"));
   return mqttModule;
 }
 

@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import type { Authenticator, NatsConnection, NodeConnectionOptions, Server, ServerInfo } from "@nats-io/transport-node";
 import type { JetStreamManager, StreamConfig } from "@nats-io/jetstream";
 import { backoffMs } from "../../core/bus.js";
+import { interop } from "../../core/interop.js";
 import { AgentError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import {
@@ -31,7 +32,10 @@ let loaded: Promise<NatsModules> | undefined;
 
 /** Imports @nats-io/transport-node and @nats-io/jetstream (once). */
 export function loadNats(): Promise<NatsModules> {
-  loaded ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(([core, js]) => ({ core, js }));
+  loaded ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(([core, js]) => ({
+    core: interop(core, "connect"),
+    js: interop(js, "jetstreamManager"),
+  }));
   return loaded;
 }
 

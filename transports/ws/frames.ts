@@ -5,6 +5,7 @@
  * Nothing here loads `ws` at module load: the client imports it on first open().
  */
 import type { ClientOptions, RawData, WebSocket } from "ws";
+import { interop } from "../../core/interop.js";
 import { type AgentSends, type BusTarget, type InboundSource, backoffMs } from "../../core/bus.js";
 import { CONTENT_TYPES, type WireFormat } from "../../core/codec.js";
 import { AgentError, ERROR_CODES, type ErrorCode } from "../../core/errors.js";
@@ -333,7 +334,7 @@ export class ReconnectingClient {
 
   async open(): Promise<void> {
     if (!this.stopped) throw new AgentError("INTERNAL", `${this.what} is already open`);
-    const { WebSocket: Ctor } = await import("ws");
+    const { WebSocket: Ctor } = interop(await import("ws"), "WebSocket");
     this.stopped = false;
     this.attempt = 0;
     this.lastError = "";

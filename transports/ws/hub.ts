@@ -11,6 +11,7 @@ import { type IncomingHttpHeaders, type IncomingMessage, type Server, STATUS_COD
 import { createServer as createHttpsServer } from "node:https";
 import type { Duplex } from "node:stream";
 import type { WebSocket, WebSocketServer } from "ws";
+import { interop } from "../../core/interop.js";
 import { type AgentSends, BUS_NAME, type BusTarget, type ControllerLink, type ControllerLinkEvents, type InboundSource } from "../../core/bus.js";
 import { DEFAULT_MAX_BYTES, type WireFormat, contentTypeOf, formatOf } from "../../core/codec.js";
 import { AgentError } from "../../core/errors.js";
@@ -169,7 +170,7 @@ export class WsHub {
   /** Listens for agents and remote controllers. Queues and retained frames survive stop() and a later start(). */
   async start(options: WsHubOptions): Promise<void> {
     if (this.server !== undefined) throw new AgentError("INTERNAL", "the ws hub is already started");
-    const { WebSocketServer: Wss } = await import("ws");
+    const { WebSocketServer: Wss } = interop(await import("ws"), "WebSocketServer");
     this.options = options;
     this.log = options.log.child({ transport: "ws-hub" });
     this.limits = {

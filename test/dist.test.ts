@@ -1,0 +1,57 @@
+/**
+ * The agent as npm installs it: the built bundle (dist/, split into chunks), over each bus, against
+ * the real hub and brokers. Source-level tests run through tsx and would not see a bundling problem
+ * (a CommonJS library whose named exports a split chunk hides behind `default`).
+ */
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { silentLogger } from "../core/log.js";
+import { Controller } from "../controller/controller.js";
+import { KITS, type Broker } from "./bus/kits.js";
+import { until } from "./conformance/rig.js";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const AGENT = fileURLToPath(new URL("../dist/ironbus-agent.mjs", import.meta.url));
+const log = silentLogger();
+
+describe("the built agent (dist/) over every bus", () => {
+  // The bundle of this checkout, whatever dist/ held before.
+  execFileSync("npm", ["run", "--silent", "build"], { cwd: ROOT, stdio: "ignore" });
+
+  for (const kit of KITS) {
+    it(`${kit.name}: says hello, joins, heartbeats, answers, and stops cleanly`, async (t) => {
+      const broker = await kit.start(t, log);
+      const urlFlag = busUrl(kit.name, broker);
+      const controller = new Controller({ link: broker.controllerLink(log), log, secret: "dist-test", heartbeatIntervalS: 1 });
+      await controller.start();
+      const node = `dist-${kit.name}`;
+      const agent = spawn(process.execPath, ["--max-semi-space-size=1", AGENT, "--no-kernel-cmdline", "--standalone", "--transports", kit.name, ...urlFlag, "--node", node, "--heartbeat-interval-s", "1", "--log-level", "warn"], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let output = "";
+      agent.stdout.on("data", (d: Buffer) => (output += d.toString()));
+      agent.stderr.on("data", (d: Buffer) => (output += d.toString()));
+      const exited = new Promise<number | null>((resolve) => agent.once("exit", (code) => resolve(code)));
+      t.after(async () => {
+        if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
+        await exited;
+        await controller.stop();
+        await broker.dispose();
+      });
+      await until(() => controller.node(node)?.heartbeat !== undefined || agent.exitCode !== null, 30_000, `the agent's heartbeat (${output})`);
+      assert.equal(agent.exitCode, null, `the agent exited: ${output}`);
+      const result = await controller.run(node, "agent.get_command", { command_id: "none" }, { deadlineMs: 10_000 });
+      assert.equal(result.command_error?.type, "RequestedObjectNotFoundError", output);
+      agent.kill("SIGTERM");
+      assert.equal(await exited, 0, output);
+    });
+  }
+});
+
+/** The agent's URL flag for a kit's broker, read from the controller link's own address. */
+function busUrl(kind: string, broker: Broker): string[] {
+  const url = broker.url;
+  return kind === "ws" ? ["--ws-url", url] : kind === "mqtt" ? ["--mqtt-url", url] : ["--nats-url", url];
+}
