@@ -144,7 +144,13 @@ async function startStandalone(config: AgentConfig, log: Logger): Promise<() => 
   await agent.start();
   const where = rest === undefined ? {} : { url: `${rest.scheme}://${rest.address().address}:${rest.address().port}` };
   log.info({ ...where, node, transports: config.transports, version: config.version, standalone: config.standalone }, "agent ready");
-  return () => agent.stop();
+  // An agent that only dials out (no REST) has nothing holding the event loop while its broker is
+  // away and every reconnect timer is idle: the process must not end then.
+  const alive = setInterval(() => undefined, 3_600_000);
+  return async () => {
+    clearInterval(alive);
+    await agent.stop();
+  };
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {

@@ -55,3 +55,33 @@ function busUrl(kind: string, broker: Broker): string[] {
   const url = broker.url;
   return kind === "ws" ? ["--ws-url", url] : kind === "mqtt" ? ["--mqtt-url", url] : ["--nats-url", url];
 }
+
+describe("the built agent with only a bus, whose broker is away at boot", () => {
+  it("keeps running and joins once the broker is up", async (t) => {
+    const { mqttKit } = await import("./bus/kits.js");
+    const broker = await mqttKit.start(t, log);
+    await broker.stop();
+    const agent = spawn(process.execPath, [AGENT, "--no-kernel-cmdline", "--standalone", "--transports", "mqtt", "--mqtt-url", broker.url, "--node", "dist-late", "--bus-connect-timeout-s", "0.5", "--heartbeat-interval-s", "1", "--log-level", "warn"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    agent.stdout.on("data", (d: Buffer) => (output += d.toString()));
+    agent.stderr.on("data", (d: Buffer) => (output += d.toString()));
+    const exited = new Promise<number | null>((resolve) => agent.once("exit", (code) => resolve(code)));
+    t.after(async () => {
+      if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
+      await exited;
+      await broker.dispose();
+    });
+    await until(() => output.includes("retrying in the background") || agent.exitCode !== null, 15_000, `the first attempt to fail (${output})`);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(agent.exitCode, null, `the agent must keep running: ${output}`);
+    await broker.start();
+    const controller = new Controller({ link: broker.controllerLink(log), log, secret: "dist-late", heartbeatIntervalS: 1 });
+    await controller.start();
+    t.after(() => controller.stop());
+    await until(() => controller.node("dist-late")?.heartbeat !== undefined, 30_000, `the agent to join (${output})`);
+    agent.kill("SIGTERM");
+    assert.equal(await exited, 0, output);
+  });
+});

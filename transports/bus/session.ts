@@ -119,7 +119,6 @@ export class BusTransport implements Transport {
         },
       );
     }, backoffMs(attempt, 1000, 30_000));
-    this.retryTimer.unref();
   }
 
   async stop(): Promise<void> {
