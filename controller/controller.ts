@@ -123,6 +123,8 @@ interface Entry {
 interface Collector {
   readonly id: string;
   readonly expected: Set<string>;
+  /** Expected nodes without a final answer yet (kept so an answer costs O(1), not a scan). */
+  readonly unsettled: Set<string>;
   readonly answers: Map<string, NodeAnswer>;
   readonly wait: boolean;
   readonly started: number;
@@ -143,6 +145,8 @@ export class Controller {
   private readonly log: Logger;
   private readonly secret: string;
   private readonly registry = new Map<string, Entry>();
+  /** Derived node tokens, computed once each. */
+  private readonly tokens = new Map<string, string>();
   private readonly collectors = new Map<string, Collector>();
   private readonly listeners = new Set<(event: ControllerEvent) => void>();
   private readonly now: () => number;
@@ -185,7 +189,12 @@ export class Controller {
 
   /** The token commands to `node` carry; derived from the fleet secret. */
   nodeToken(node: string): string {
-    return createHmac("sha256", this.secret).update(`node:${node}`).digest("base64url");
+    let token = this.tokens.get(node);
+    if (token === undefined) {
+      token = createHmac("sha256", this.secret).update(`node:${node}`).digest("base64url");
+      this.tokens.set(node, token);
+    }
+    return token;
   }
 
   /** The token a command to `node` carries (undefined: a broadcast, or none). */
@@ -245,6 +254,7 @@ export class Controller {
       const collector: Collector = {
         id,
         expected,
+        unsettled: new Set(expected),
         answers,
         wait,
         started,
@@ -290,14 +300,13 @@ export class Controller {
       await Promise.all([...expected].map((node) => this.deliver({ node }, env(node, this.nodeToken(node)), format, deadline)));
     }
     const collector = this.collectors.get(id);
-    if (collector !== undefined && expected.size > 0 && [...expected].every((n) => this.settled(collector, n))) collector.finish();
+    if (collector !== undefined && expected.size > 0 && collector.unsettled.size === 0) collector.finish();
     const resendMs = opts.resendMs ?? 5000;
     if (resendMs > 0 && this.collectors.has(id)) {
       resend = setInterval(() => {
         const c = this.collectors.get(id);
         if (c === undefined) return;
-        for (const node of c.expected) {
-          if (this.settled(c, node)) continue;
+        for (const node of c.unsettled) {
           this.log.debug({ id, node }, "no answer yet: sending again");
           void this.deliver({ node }, env(node, this.nodeToken(node)), format, deadline);
         }
@@ -456,9 +465,12 @@ export class Controller {
     // A final answer is never replaced by a late RUNNING one (redelivery, reordering).
     if (prior !== undefined && !(prior.kind === "result" && prior.result.command_status === "RUNNING")) return;
     c.answers.set(node, answer);
-    if (!c.expected.has(node)) c.expected.add(node);
-    for (const n of c.expected) if (!this.settled(c, n)) return;
-    c.finish();
+    if (!c.expected.has(node)) {
+      c.expected.add(node);
+      c.unsettled.add(node);
+    }
+    if (this.settled(c, node)) c.unsettled.delete(node);
+    if (c.unsettled.size === 0) c.finish();
   }
 
   private async join(e: Entry, hello: HelloBody): Promise<void> {
