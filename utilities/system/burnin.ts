@@ -218,9 +218,14 @@ async function fioNetwork(env: BlockEnv, writer: boolean, o: NetOptions, outputf
     }
     const { code, jobs, output } = run;
     if (code === 0) return { role, jobs: jobs ?? [] };
-    if (writer || code !== FIO_CONNECT_FAILED) throw failed(`fio (network) failed with error: exit code ${code}: ${output.slice(-2000)}`);
+    // A writer that moved nothing has not paired yet (its ports still held from the direction before,
+    // or a reader that connected too early and gave up): like a reader that could not connect, it tries
+    // again until the pairing time is up.
+    const moved = (jobs ?? []).reduce((n, j) => n + j.write_bytes + j.read_bytes, 0);
+    const unpaired = writer ? moved === 0 : code === FIO_CONNECT_FAILED;
+    if (!unpaired) throw failed(`fio (network) failed with error: exit code ${code}: ${output.slice(-2000)}`);
     if (Date.now() + o.retryMs > giveUp) throw failed(`fio (network) timed out to find partner ${o.partner}`, "CleaningError");
-    env.log.info({ partner: o.partner, retryMs: o.retryMs }, "fio (network): writer not listening yet; reader retrying");
+    env.log.info({ partner: o.partner, retryMs: o.retryMs, role, code }, "fio (network): not paired yet; retrying");
     await sleep(o.retryMs, env.signal);
   }
 }
