@@ -80,7 +80,12 @@ export const natsKit: Kit = {
       agentLink: (node, log, groups, connectTimeoutMs) =>
         new NatsAgentLink({ servers: server.url, node, log, groups: groups ?? [], pingIntervalMs: 1000, ...FAST, ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}) }),
       controllerLink: (log) => new NatsControllerLink({ servers: server.url, log, pingIntervalMs: 1000, ...FAST }),
-      dispose: () => server.dispose(),
+      // nats.js 3.4 can still write on a socket it has just ended (ERR_STREAM_WRITE_AFTER_END, uncaught)
+      // when the server goes at that moment: let closed clients settle before the server goes.
+      dispose: async () => {
+        await new Promise((r) => setTimeout(r, 250));
+        await server.dispose();
+      },
     };
   },
 };
