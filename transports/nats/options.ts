@@ -5,6 +5,7 @@
  * not use NATS never pays for them.
  */
 import { readFile } from "node:fs/promises";
+import { Socket } from "node:net";
 import type { Authenticator, NatsConnection, NodeConnectionOptions, Server, ServerInfo } from "@nats-io/transport-node";
 import type { JetStreamManager, StreamConfig } from "@nats-io/jetstream";
 import { backoffMs } from "../../core/bus.js";
@@ -37,6 +38,31 @@ export function loadNats(): Promise<NatsModules> {
     js: interop(js, "jetstreamManager"),
   }));
   return loaded;
+}
+
+const GUARDED = Symbol.for("ironbus.nats.guardedWrites");
+
+/**
+ * nats.js 3.4 can write on a socket it has already ended: when the server half-closes a connection,
+ * the transport ends its socket, and a flush already queued as a microtask then writes to it. Node
+ * reports that (ERR_STREAM_WRITE_AFTER_END) as an 'error' event after the transport removed its
+ * listeners: an uncaught exception. The transport class is patched once to drop writes on an ended
+ * or destroyed socket; nothing is lost that the ended socket could still have carried.
+ */
+function guardWrites(nc: NatsConnection): void {
+  const protocol: unknown = Reflect.get(nc, "protocol");
+  const transport: unknown = typeof protocol === "object" && protocol !== null ? Reflect.get(protocol, "transport") : undefined;
+  if (typeof transport !== "object" || transport === null) return;
+  const proto: unknown = Object.getPrototypeOf(transport);
+  if (typeof proto !== "object" || proto === null || Reflect.get(proto, GUARDED) === true) return;
+  const send: unknown = Reflect.get(proto, "_send");
+  if (typeof send !== "function") return;
+  Reflect.set(proto, "_send", function guardedSend(this: object, frame: Uint8Array): unknown {
+    const socket: unknown = Reflect.get(this, "socket");
+    if (socket instanceof Socket && (socket.writableEnded || socket.destroyed)) return Promise.resolve();
+    return Reflect.apply(send, this, [frame]);
+  });
+  Reflect.set(proto, GUARDED, true);
 }
 
 /** TLS material: each value is PEM text (it contains "-----BEGIN") or the path of a PEM file. */
@@ -285,6 +311,7 @@ export async function connectNats(
         break;
       }
       pacer.connected = true;
+      guardWrites(nc);
       return { nc, resetBackoff: () => pacer.reset() };
     } catch (err) {
       if (AgentError.is(err)) throw err;
