@@ -32,6 +32,7 @@ import {
 } from "./layout.js";
 import {
   connectNats,
+  contentTypeOf,
   ensureStream,
   errorText,
   loadNats,
@@ -74,11 +75,6 @@ interface Wanted {
   readonly consumer: string;
   readonly subject: string;
   readonly deliver: "all" | "new";
-}
-
-function contentTypeOf(msg: { readonly headers?: { get(k: string): string } | undefined }): string | undefined {
-  const value = msg.headers?.get(CONTENT_TYPE_HEADER);
-  return value === undefined || value === "" ? undefined : value;
 }
 
 function linkDown(): AgentError {

@@ -20,6 +20,7 @@ import { silentLogger, type Logger } from "../../core/log.js";
 import { CONTENT_TYPE_HEADER, outWildcard, parseOutSubject, targetSubject } from "./layout.js";
 import {
   connectNats,
+  contentTypeOf,
   ensureStream,
   errorText,
   loadNats,
@@ -37,11 +38,6 @@ export type NatsControllerLinkOptions = NatsCommonOptions;
 
 /** Messages one pull asks for while reading IRONBUS_STATE. */
 const STATE_BATCH = 1000;
-
-function contentTypeOf(msg: { readonly headers?: { get(k: string): string } | undefined }): string | undefined {
-  const value = msg.headers?.get(CONTENT_TYPE_HEADER);
-  return value === undefined || value === "" ? undefined : value;
-}
 
 export class NatsControllerLink implements ControllerLink {
   readonly kind = "nats";

@@ -13,6 +13,7 @@ import { interop } from "../../core/interop.js";
 import { AgentError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import {
+  CONTENT_TYPE_HEADER,
   DEFAULT_MAX_AGE_S,
   DUPLICATE_WINDOW_S,
   inStreamSubjects,
@@ -38,6 +39,12 @@ export function loadNats(): Promise<NatsModules> {
     js: interop(js, "jetstreamManager"),
   }));
   return loaded;
+}
+
+/** The content type a message's header names; undefined when it names none (the session sniffs). */
+export function contentTypeOf(msg: { readonly headers?: { get(k: string): string } | undefined }): string | undefined {
+  const value = msg.headers?.get(CONTENT_TYPE_HEADER);
+  return value === undefined || value === "" ? undefined : value;
 }
 
 const GUARDED = Symbol.for("ironbus.nats.guardedWrites");
