@@ -4,7 +4,8 @@
  * (a CommonJS library whose named exports a split chunk hides behind `default`).
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
+import { spawnNode } from "./helpers/process.js";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { silentLogger } from "../core/log.js";
@@ -27,28 +28,20 @@ describe("the built agent (dist/) over every bus", () => {
       const controller = new Controller({ link: broker.controllerLink(log), log, secret: "dist-test", heartbeatIntervalS: 1 });
       await controller.start();
       const node = `dist-${kit.name}`;
-      const agent = spawn(process.execPath, ["--max-semi-space-size=1", AGENT, "--no-kernel-cmdline", "--standalone", "--transports", kit.name, ...urlFlag, "--node", node, "--heartbeat-interval-s", "1", "--log-level", "warn"], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let output = "";
-      agent.stdout.on("data", (d: Buffer) => (output += d.toString()));
-      agent.stderr.on("data", (d: Buffer) => (output += d.toString()));
-      const exited = new Promise<number | null>((resolve) => agent.once("exit", (code) => resolve(code)));
       t.after(async () => {
-        if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
-        await exited;
         await controller.stop();
         // nats.js 3.4 can still write on a socket it has just ended (ERR_STREAM_WRITE_AFTER_END, uncaught)
         // when the server goes at that moment: let the closed client settle before the broker goes.
         await new Promise((r) => setTimeout(r, 250));
         await broker.dispose();
       });
-      await until(() => controller.node(node)?.heartbeat !== undefined || agent.exitCode !== null, 30_000, `the agent's heartbeat (${output})`);
-      assert.equal(agent.exitCode, null, `the agent exited: ${output}`);
+      const { child: agent, output: out, exited } = spawnNode(t, ["--max-semi-space-size=1", AGENT, "--no-kernel-cmdline", "--standalone", "--transports", kit.name, ...urlFlag, "--node", node, "--heartbeat-interval-s", "1", "--log-level", "warn"]);
+      await until(() => controller.node(node)?.heartbeat !== undefined || agent.exitCode !== null, 30_000, `the agent's heartbeat (${out()})`);
+      assert.equal(agent.exitCode, null, `the agent exited: ${out()}`);
       const result = await controller.run(node, "agent.get_command", { command_id: "none" }, { deadlineMs: 10_000 });
-      assert.equal(result.command_error?.type, "RequestedObjectNotFoundError", output);
+      assert.equal(result.command_error?.type, "RequestedObjectNotFoundError", out());
       agent.kill("SIGTERM");
-      assert.equal(await exited, 0, output);
+      assert.equal(await exited, 0, out());
     });
   }
 });
@@ -64,27 +57,17 @@ describe("the built agent with only a bus, whose broker is away at boot", () => 
     const { mqttKit } = await import("./bus/kits.js");
     const broker = await mqttKit.start(t, log);
     await broker.stop();
-    const agent = spawn(process.execPath, [AGENT, "--no-kernel-cmdline", "--standalone", "--transports", "mqtt", "--mqtt-url", broker.url, "--node", "dist-late", "--bus-connect-timeout-s", "0.5", "--heartbeat-interval-s", "1", "--log-level", "warn"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let output = "";
-    agent.stdout.on("data", (d: Buffer) => (output += d.toString()));
-    agent.stderr.on("data", (d: Buffer) => (output += d.toString()));
-    const exited = new Promise<number | null>((resolve) => agent.once("exit", (code) => resolve(code)));
-    t.after(async () => {
-      if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
-      await exited;
-      await broker.dispose();
-    });
-    await until(() => output.includes("retrying in the background") || agent.exitCode !== null, 15_000, `the first attempt to fail (${output})`);
+    t.after(() => broker.dispose());
+    const { child: agent, output: out, exited } = spawnNode(t, [AGENT, "--no-kernel-cmdline", "--standalone", "--transports", "mqtt", "--mqtt-url", broker.url, "--node", "dist-late", "--bus-connect-timeout-s", "0.5", "--heartbeat-interval-s", "1", "--log-level", "warn"]);
+    await until(() => out().includes("retrying in the background") || agent.exitCode !== null, 15_000, `the first attempt to fail (${out()})`);
     await new Promise((r) => setTimeout(r, 1500));
-    assert.equal(agent.exitCode, null, `the agent must keep running: ${output}`);
+    assert.equal(agent.exitCode, null, `the agent must keep running: ${out()}`);
     await broker.start();
     const controller = new Controller({ link: broker.controllerLink(log), log, secret: "dist-late", heartbeatIntervalS: 1 });
     await controller.start();
     t.after(() => controller.stop());
-    await until(() => controller.node("dist-late")?.heartbeat !== undefined, 30_000, `the agent to join (${output})`);
+    await until(() => controller.node("dist-late")?.heartbeat !== undefined, 30_000, `the agent to join (${out()})`);
     agent.kill("SIGTERM");
-    assert.equal(await exited, 0, output);
+    assert.equal(await exited, 0, out());
   });
 });

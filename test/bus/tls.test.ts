@@ -7,7 +7,7 @@
  * certificate it signed, and a second CA that signed nothing the servers use).
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -32,6 +32,7 @@ import { startMosquitto, type Mosquitto } from "../helpers/mosquitto.js";
 import { startNatsServer, type NatsServer } from "../helpers/nats-server.js";
 import { freePort } from "../helpers/net.js";
 import { makePki, type Pki } from "../helpers/pki.js";
+import { spawnNode } from "../helpers/process.js";
 
 const log = silentLogger();
 const JSON_TYPE = CONTENT_TYPES.json;
@@ -397,22 +398,10 @@ describe("transport security with real brokers", () => {
       await controller.start();
       t.after(() => controller.stop());
 
-      const agent = spawn(
-        process.execPath,
-        ["--import", "tsx", AGENT_BIN, "--no-kernel-cmdline", "--standalone", "--transports", "mqtt", "--mqtt-url", mqttsUrl, "--bus-ca-file", pki.caFile, "--bus-username", "u", "--bus-password", "p", "--node", "tls-node", "--log-level", "warn"],
-        { stdio: ["ignore", "pipe", "pipe"] },
-      );
-      let output = "";
-      agent.stdout.on("data", (d: Buffer) => (output += d.toString()));
-      agent.stderr.on("data", (d: Buffer) => (output += d.toString()));
-      const exited = new Promise<number | null>((resolve) => agent.once("exit", (code) => resolve(code)));
-      t.after(async () => {
-        if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
-        await exited;
-      });
+      const { child: agent, output, exited } = spawnNode(t, ["--import", "tsx", AGENT_BIN, "--no-kernel-cmdline", "--standalone", "--transports", "mqtt", "--mqtt-url", mqttsUrl, "--bus-ca-file", pki.caFile, "--bus-username", "u", "--bus-password", "p", "--node", "tls-node", "--log-level", "warn"]);
 
-      await until(() => controller.node("tls-node")?.hello !== undefined, 20_000, `the agent's hello (agent output: ${output})`);
-      await until(() => controller.node("tls-node")?.heartbeat !== undefined, 10_000, `the agent's heartbeat (agent output: ${output})`);
+      await until(() => controller.node("tls-node")?.hello !== undefined, 20_000, `the agent's hello (agent output: ${output()})`);
+      await until(() => controller.node("tls-node")?.heartbeat !== undefined, 10_000, `the agent's heartbeat (agent output: ${output()})`);
       assert.equal(controller.node("tls-node")?.state, "alive");
       const answer = await controller.command({ node: "tls-node" }, "agent.get_command", { command_id: "none" }, { deadlineMs: 10_000 });
       // The agent ran the command and answered: no such command id (IPA's answer).
@@ -426,7 +415,7 @@ describe("transport security with real brokers", () => {
       assert.ok(broker.log().includes(`New connection from 127.0.0.1:${seen[1]} on port ${tlsPort}.`), broker.log());
 
       agent.kill("SIGTERM");
-      assert.equal(await exited, 0, output);
+      assert.equal(await exited, 0, output());
     });
   });
 });
