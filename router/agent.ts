@@ -189,7 +189,8 @@ export class Agent implements AgentPort {
       }
       this.checkToken(request, ctx);
       const { body } = request;
-      const verdict = this.guard.check(request, ctx, this.router.describe(body.name));
+      const facts = this.router.describe(body.name);
+      const verdict = this.guard.check(request, ctx, facts);
       let handle: CommandHandle;
       try {
         handle = await this.router.submit({
@@ -205,7 +206,7 @@ export class Agent implements AgentPort {
         this.guard.release?.(request);
         throw err;
       }
-      if (verdict.keyId !== undefined || this.router.describe(body.name)?.destructive === true) {
+      if (verdict.keyId !== undefined || facts?.destructive === true) {
         this.audit.info({ commandId: handle.id, command: body.name, keyId: verdict.keyId ?? null, transport: ctx.transport, source: ctx.source }, "command accepted");
       }
       return { reply: this.answer(format, handle.toJSON(), request), request, handle, error: undefined, format };
