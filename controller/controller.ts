@@ -227,16 +227,6 @@ export class Controller {
     return this.now() - e.lastSeen > this.missedBeats * this.heartbeatIntervalS * 1000 ? "dead" : "alive";
   }
 
-  /** Resolves once `count` nodes are known (or rejects after `ms`). */
-  async waitForNodes(count: number, ms: number): Promise<NodeView[]> {
-    const deadline = this.now() + ms;
-    while (this.registry.size < count) {
-      if (this.now() > deadline) throw new AgentError("COMMAND_TIMEOUT", `${this.registry.size} of ${count} nodes known after ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return this.nodes();
-  }
-
   /**
    * Sends one command to the selected nodes and collects answers until every expected node has
    * answered or the deadline passes. Never throws for an agent's refusal: that is an answer.
